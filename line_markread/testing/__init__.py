@@ -1,0 +1,43 @@
+"""
+Test support for bots that use line_markread, and for line_markread itself.
+
+`FakeLinePlatform` is a local HTTP server that behaves like the parts of the
+LINE Messaging API a bot touches when it marks messages as read and replies:
+point your bot's ``Configuration`` at it, script failures, and assert on the
+requests it recorded.  The webhook builders make the events and signed bodies
+LINE would send to your bot, so tests go through the SDK's real parsing.
+
+Nothing here talks to LINE.
+"""
+
+from __future__ import annotations
+
+from ._fake_platform import FakeLinePlatform, Fault, RecordedRequest
+from ._webhooks import (
+    follow_event,
+    image_event,
+    message_event,
+    postback_event,
+    sign,
+    signed_body,
+    sticker_event,
+    text_event,
+    unfollow_event,
+    webhook_body,
+)
+
+__all__ = [
+    "FakeLinePlatform",
+    "Fault",
+    "RecordedRequest",
+    "follow_event",
+    "image_event",
+    "message_event",
+    "postback_event",
+    "sign",
+    "signed_body",
+    "sticker_event",
+    "text_event",
+    "unfollow_event",
+    "webhook_body",
+]
