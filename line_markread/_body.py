@@ -1,0 +1,103 @@
+"""Webhook body -> events: the first step of the data flow.
+
+The SDK's ``WebhookParser.parse`` turns a message of a type it does not know
+into an ``UnknownEvent`` and drops its ``markAsReadToken``.  We parse the JSON
+once ourselves, keep each event's raw mapping next to its SDK model, and read
+targets from the raw mapping, so a message type LINE adds tomorrow is still
+marked.  Signature checking is the SDK's own validator, unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+import attrs
+from linebot.v3.exceptions import InvalidSignatureError
+from linebot.v3.models.events import UnknownEvent
+from linebot.v3.webhooks import Event
+
+log = logging.getLogger(__name__)
+
+
+class WebhookBodyError(ValueError):
+    """The webhook body is not a LINE webhook: not UTF-8, not JSON, or not shaped like one.
+
+    Raised only after the signature was verified (or verification is skipped),
+    and before any mark-as-read request is made.  A ``ValueError`` like the
+    ``json.JSONDecodeError`` the SDK raises, so existing ``except`` clauses keep working.
+    """
+
+
+@attrs.frozen
+class ParsedEvent:
+    """One webhook event: the SDK model handlers receive, and the JSON it came from."""
+
+    model: Any
+    raw: Mapping[str, Any] = attrs.field(repr=False)
+
+
+@attrs.frozen
+class ParsedBody:
+    destination: Optional[str]
+    events: tuple[ParsedEvent, ...]
+
+
+def parse_body(parser: Any, body: Union[str, bytes], signature: str) -> ParsedBody:
+    """Verify *signature* with the SDK *parser*'s validator, then parse *body*.
+
+    Raises ``InvalidSignatureError`` exactly as the SDK does, and
+    ``WebhookBodyError`` for anything that is not a LINE webhook body.
+    """
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            text = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise WebhookBodyError("webhook body is not valid UTF-8") from e
+    elif isinstance(body, str):
+        text = body
+    else:
+        raise TypeError(f"webhook body must be str or bytes, got {type(body).__name__}")
+    if not isinstance(signature, str):
+        # The SDK would fail deep inside hmac; a missing header is a bad signature.
+        raise InvalidSignatureError("Invalid signature. signature is missing")
+
+    if not parser.skip_signature_verification() and not parser.signature_validator.validate(
+        text, signature
+    ):
+        raise InvalidSignatureError("Invalid signature. signature=" + signature)
+
+    try:
+        document = json.loads(text)
+    except ValueError as e:
+        raise WebhookBodyError(f"webhook body is not JSON: {e}") from e
+    if not isinstance(document, dict):
+        raise WebhookBodyError("webhook body must be a JSON object")
+    raw_events = document.get("events")
+    if not isinstance(raw_events, list):
+        raise WebhookBodyError("webhook body must have an 'events' list")
+    destination = document.get("destination")
+    return ParsedBody(
+        destination=destination if isinstance(destination, str) else None,
+        events=tuple(_parse_event(raw) for raw in raw_events),
+    )
+
+
+def _parse_event(raw: object) -> ParsedEvent:
+    if not isinstance(raw, dict):
+        raise WebhookBodyError(f"webhook event must be a JSON object, got {type(raw).__name__}")
+    try:
+        model = Event.from_dict(raw)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        # Same fallback as the SDK's parser, widened to the errors a malformed
+        # event raises from the generated models.
+        log.info(
+            "Unknown or malformed event of type %r; passed on as UnknownEvent", raw.get("type")
+        )
+        try:
+            model = UnknownEvent.new_from_json_dict(raw)
+        except (ValueError, TypeError) as e:
+            raise WebhookBodyError(f"webhook event could not be parsed: {e}") from e
+    return ParsedEvent(model=model, raw=raw)

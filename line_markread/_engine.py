@@ -1,0 +1,421 @@
+"""The marking engine: read targets -> HTTP requests, with coalescing and retries.
+
+One engine serves one event loop.  Everything here runs on that loop, so the
+per-chat state needs no locks.
+
+The whole design rests on one platform fact: a 200 for a message's read
+token marks that message *and every earlier one in the same chat*.  So each
+chat keeps
+
+* ``marked``: the newest message known to be read (a watermark);
+* ``jobs``: the marks in progress (with coalescing, at most one: a newer
+  message supersedes an older one still waiting or retrying);
+* ``waiters``: one per message somebody may wait for, released when a 200
+  for it or a newer message arrives, or when the mark in charge of it fails.
+
+Messages are ordered by ``(timestamp, arrival sequence)``: LINE's timestamp
+first, the order the plugin saw them second.
+
+Invariant: every unresolved waiter with key ``k`` has a live job with key
+``>= k``.  Submitting keeps it (a new job's key is the newest); supersession
+keeps it (the superseding job is newer); a failure or ``aclose`` resolves
+the waiters it would otherwise orphan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Optional, Union
+
+import attrs
+
+from ._http import ApiResponse, Credentials, Transport, TransportError
+from ._retry import Verdict, classify, next_delay
+from ._settings import Settings
+from ._stats import Counters
+from ._targets import ChatId, ReadTarget
+
+log = logging.getLogger(__name__)
+
+Key = tuple[int, int]
+"""(LINE timestamp in ms, arrival sequence): the order of messages in a chat."""
+
+
+class Outcome(enum.Enum):
+    """What became of one event's mark, as far as its caller waited."""
+
+    MARKED = "marked"
+    """LINE answered 200 for this message or a newer one of its chat."""
+    FAILED = "failed"
+    """The mark failed for good (final error, attempts or deadline exhausted, closed)."""
+    TIMED_OUT = "timed out"
+    """``wait_timeout`` passed first; the request was sent and marking goes on."""
+    PENDING = "pending"
+    """Not waited for (``"nowait"``, or ``wait=False``); marking goes on."""
+    SKIPPED = "skipped"
+    """Nothing was sent: no usable target, or the handler opted out."""
+
+
+@attrs.frozen
+class MarkFailure:
+    """Handed to ``on_failure`` when a mark fails for good.  Holds no token or secret."""
+
+    chat: ChatId
+    endpoint: str
+    status: Optional[int]
+    """LINE's HTTP status of the last attempt; ``None`` when it got no answer."""
+    reason: str
+    """LINE's error message, or what went wrong on the way."""
+    attempts: int
+    request_id: Optional[str]
+    """LINE's ``x-line-request-id`` of the last attempt, for LINE's support."""
+
+
+class _Waiter:
+    __slots__ = ("done", "key", "sent")
+
+    def __init__(self, key: Key, loop: asyncio.AbstractEventLoop) -> None:
+        self.key = key
+        self.done: asyncio.Future[Outcome] = loop.create_future()
+        # Set once a request covering this message has gone out: a handler is
+        # never released by the timeout before that.
+        self.sent: asyncio.Future[None] = loop.create_future()
+
+    def release(self, outcome: Outcome) -> None:
+        if not self.done.done():
+            self.done.set_result(outcome)
+        self.mark_sent()
+
+    def mark_sent(self) -> None:
+        if not self.sent.done():
+            self.sent.set_result(None)
+
+
+class _Job:
+    __slots__ = ("in_flight", "key", "sent", "superseded", "target", "task")
+
+    def __init__(self, target: ReadTarget, key: Key) -> None:
+        self.target = target
+        self.key = key
+        self.task: Optional[asyncio.Task[None]] = None
+        self.in_flight = False
+        self.sent = False
+        self.superseded = False
+
+
+class _Chat:
+    __slots__ = ("jobs", "marked", "waiters")
+
+    def __init__(self) -> None:
+        self.marked: Optional[Key] = None
+        self.jobs: list[_Job] = []
+        self.waiters: list[_Waiter] = []
+
+    def is_idle(self) -> bool:
+        return not self.jobs and not self.waiters
+
+    def covers(self, key: Key) -> bool:
+        return self.marked is not None and self.marked >= key
+
+
+@attrs.frozen
+class Ticket:
+    """The waiters of one batch (a webhook body), in order, and its shared deadline."""
+
+    engine: Engine
+    waiters: tuple[Optional[_Waiter], ...]
+    deadline: float
+
+
+class Engine:
+    """Marks read targets on the event loop it was created on."""
+
+    def __init__(self, settings: Settings, credentials: Credentials) -> None:
+        # Must be built on its loop: on Python 3.9 asyncio primitives bind at creation.
+        self._loop = asyncio.get_running_loop()
+        self._settings = settings
+        self._transport = Transport(
+            credentials,
+            request_timeout=settings.request_timeout,
+            max_connections=settings.max_concurrency,
+        )
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._chats: OrderedDict[ChatId, _Chat] = OrderedDict()
+        self._sequence = itertools.count()
+        self._rng = random.Random(settings.jitter_seed)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.counters = Counters()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def tracked_chats(self) -> int:
+        """How many chats' state is held in memory (bounded by ``max_tracked_chats``)."""
+        return len(self._chats)
+
+    # -- submitting -------------------------------------------------------
+
+    def submit(
+        self,
+        targets: Sequence[Optional[ReadTarget]],
+        *,
+        skipped: int = 0,
+        opted_out: int = 0,
+    ) -> Ticket:
+        """Start marking *targets* (one webhook body, in order); ``None`` is "nothing to mark".
+
+        All requests start before this returns control to the loop; the
+        returned ticket lets each caller wait for its own event.
+        """
+        if self._closed:
+            raise RuntimeError("line_markread: the marker is closed")
+        counters = self.counters
+        counters.skipped += skipped
+        counters.opted_out += opted_out
+        deadline = self._loop.time() + self._settings.wait_timeout
+        waiters: list[Optional[_Waiter]] = []
+        newest: dict[ChatId, tuple[Key, ReadTarget]] = {}
+        for target in targets:
+            if target is None:
+                waiters.append(None)
+                continue
+            key = (target.timestamp, next(self._sequence))
+            chat = self._chat(target.chat)
+            waiters.append(self._add_waiter(chat, key))
+            if not self._settings.coalesce:
+                self._start(chat, key, target)
+                continue
+            previous = newest.get(target.chat)
+            if previous is not None:
+                counters.coalesced += 1
+            if previous is None or key > previous[0]:
+                newest[target.chat] = (key, target)
+        for key, target in newest.values():
+            self._start(self._chats[target.chat], key, target)
+        return Ticket(self, tuple(waiters), deadline)
+
+    def _chat(self, chat_id: ChatId) -> _Chat:
+        chat = self._chats.get(chat_id)
+        if chat is not None:
+            self._chats.move_to_end(chat_id)
+            return chat
+        chat = self._chats[chat_id] = _Chat()
+        self._forget_idle_chats()
+        return chat
+
+    def _forget_idle_chats(self) -> None:
+        excess = len(self._chats) - self._settings.max_tracked_chats
+        if excess <= 0:
+            return
+        # Least recently used first; busy chats stay (their state is in use) and
+        # are looked at again next time, so one scan stays short.
+        oldest = list(itertools.islice(self._chats.items(), excess + 16))
+        for chat_id, chat in oldest:
+            if excess <= 0:
+                break
+            if chat.is_idle():
+                del self._chats[chat_id]
+                excess -= 1
+
+    def _add_waiter(self, chat: _Chat, key: Key) -> _Waiter:
+        waiter = _Waiter(key, self._loop)
+        if chat.covers(key):
+            waiter.release(Outcome.MARKED)
+            return waiter
+        if any(job.sent and job.key >= key for job in chat.jobs):
+            waiter.mark_sent()
+        chat.waiters.append(waiter)
+        return waiter
+
+    def _start(self, chat: _Chat, key: Key, target: ReadTarget) -> None:
+        if chat.covers(key):
+            self.counters.already_read += 1
+            return
+        if self._settings.coalesce:
+            if any(job.key >= key for job in chat.jobs):
+                # An older body's newer message (a redelivery, say) is already being marked.
+                self.counters.coalesced += 1
+                return
+            for job in list(chat.jobs):
+                self._supersede(chat, job)
+        job = _Job(target, key)
+        chat.jobs.append(job)
+        job.task = self._loop.create_task(self._run(chat, job))
+        self._tasks.add(job.task)
+        job.task.add_done_callback(self._tasks.discard)
+
+    def _supersede(self, chat: _Chat, job: _Job) -> None:
+        if job.superseded:
+            return
+        job.superseded = True
+        self.counters.superseded += 1
+        # A request already on the wire is let finish (its 200 still counts);
+        # one waiting for a slot or backing off is dropped now.  It leaves the
+        # chat at once: a task cancelled before it first runs never reaches
+        # its own clean-up.
+        if not job.in_flight and job.task is not None:
+            job.task.cancel()
+            chat.jobs.remove(job)
+
+    # -- running one mark -------------------------------------------------
+
+    async def _run(self, chat: _Chat, job: _Job) -> None:
+        settings = self._settings
+        give_up_at = self._loop.time() + settings.retry_deadline
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                response: Optional[ApiResponse] = None
+                error = ""
+                async with self._slots:
+                    job.in_flight = job.sent = True
+                    self._note_sent(chat, job.key)
+                    self.counters.requests += 1
+                    if attempt > 1:
+                        self.counters.retried += 1
+                    try:
+                        response = await self._transport.post(job.target)
+                    except TransportError as e:
+                        error = str(e)
+                    finally:
+                        job.in_flight = False
+                verdict = classify(response)
+                if verdict is Verdict.DONE:
+                    self._on_marked(chat, job)
+                    return
+                if job.superseded:
+                    return
+                delay = None
+                if verdict is Verdict.RETRY:
+                    time_left = give_up_at - self._loop.time()
+                    delay = next_delay(attempt, response, settings, self._rng, time_left)
+                if delay is None:
+                    self._on_failed(chat, job, attempt, response, error)
+                    return
+                log.debug(
+                    "mark-as-read for %s: attempt %d got %s; retrying in %.3fs",
+                    job.target.chat,
+                    attempt,
+                    response.status if response else error,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        finally:
+            if job in chat.jobs:
+                chat.jobs.remove(job)
+
+    def _note_sent(self, chat: _Chat, key: Key) -> None:
+        for waiter in chat.waiters:
+            if waiter.key <= key:
+                waiter.mark_sent()
+
+    def _on_marked(self, chat: _Chat, job: _Job) -> None:
+        self.counters.marked += 1
+        if chat.marked is None or job.key > chat.marked:
+            chat.marked = job.key
+        still_waiting = []
+        for waiter in chat.waiters:
+            if waiter.key <= job.key:
+                waiter.release(Outcome.MARKED)
+            else:
+                still_waiting.append(waiter)
+        chat.waiters = still_waiting
+        for other in list(chat.jobs):
+            if other is not job and other.key < job.key:
+                self._supersede(chat, other)
+
+    def _on_failed(
+        self,
+        chat: _Chat,
+        job: _Job,
+        attempts: int,
+        response: Optional[ApiResponse],
+        error: str,
+    ) -> None:
+        self.counters.failed += 1
+        failure = MarkFailure(
+            chat=job.target.chat,
+            endpoint=job.target.endpoint.value,
+            status=response.status if response else None,
+            reason=(response.message or "") if response else error,
+            attempts=attempts,
+            request_id=response.request_id if response else None,
+        )
+        log.warning(
+            "mark-as-read failed for %s after %d attempt(s): %s %s (x-line-request-id: %s)",
+            failure.chat,
+            failure.attempts,
+            failure.status if failure.status is not None else "no response",
+            failure.reason,
+            failure.request_id,
+        )
+        others = [other for other in chat.jobs if other is not job]
+        still_waiting = []
+        for waiter in chat.waiters:
+            if waiter.key > job.key or any(other.key >= waiter.key for other in others):
+                still_waiting.append(waiter)
+            else:
+                waiter.release(Outcome.FAILED)
+        chat.waiters = still_waiting
+        if self._settings.on_failure is not None:
+            try:
+                self._settings.on_failure(failure)
+            except Exception:
+                log.exception("line_markread: the on_failure callback raised")
+
+    # -- waiting ----------------------------------------------------------
+
+    async def wait(self, waiter: _Waiter, deadline: float) -> Outcome:
+        """Wait for *waiter* until *deadline* (loop time), but not before its request went out."""
+        if not waiter.done.done():
+            remaining = deadline - self._loop.time()
+            if remaining > 0:
+                # asyncio.wait, not wait_for: a cancelled caller must not cancel the shared future.
+                await asyncio.wait((waiter.done,), timeout=remaining)
+            if not waiter.done.done():
+                if not waiter.sent.done():
+                    await asyncio.wait((waiter.sent,))
+                if not waiter.done.done():
+                    self.counters.timed_out += 1
+                    return Outcome.TIMED_OUT
+        return waiter.done.result()
+
+    # -- closing ----------------------------------------------------------
+
+    async def aclose(self, grace: Union[float, None] = None) -> None:
+        """Let pending marks finish for up to *grace* seconds, cancel the rest, close HTTP."""
+        if self._closed:
+            return
+        self._closed = True
+        grace = self._settings.close_grace if grace is None else grace
+        pending = set(self._tasks)
+        if pending and grace > 0:
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            self.counters.failed += len(pending)
+            log.warning(
+                "line_markread: %d pending mark(s) cancelled at close after %.1fs",
+                len(pending),
+                grace,
+            )
+        for chat in self._chats.values():
+            for waiter in chat.waiters:
+                waiter.release(Outcome.FAILED)
+            chat.waiters.clear()
+        await self._transport.aclose()

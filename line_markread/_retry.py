@@ -1,0 +1,76 @@
+"""Retry policy: pure decisions about one failed attempt.
+
+LINE's guide for mark-as-read: retry on 5xx and on timeouts.  We also retry
+connection errors (the same failure seen earlier) and 429 (rate limited;
+``Retry-After`` honoured when LINE sends one and it fits in the deadline).
+Any other 4xx will fail the same way again, so it is final.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from typing import Optional
+
+from ._http import ApiResponse
+from ._settings import Settings
+
+_testing = False
+
+
+def set_testing(on: bool = True) -> None:
+    """Turn backoff waits off (``True``) or back on, for fast tests of bots using the plugin.
+
+    Attempts, classification and counting are unchanged; only the sleeping
+    between attempts is skipped.  Like ``stamina.set_testing``.
+    """
+    global _testing  # noqa: PLW0603 - one process-wide switch is the point
+    _testing = on
+
+
+def is_testing() -> bool:
+    return _testing
+
+
+class Verdict(enum.Enum):
+    DONE = "done"
+    RETRY = "retry"
+    GIVE_UP = "give up"
+
+
+def classify(response: Optional[ApiResponse]) -> Verdict:
+    """``None`` stands for no answer at all (timeout, connection error)."""
+    if response is None:
+        return Verdict.RETRY
+    if 200 <= response.status < 300:
+        return Verdict.DONE
+    if response.status >= 500 or response.status == 429:
+        return Verdict.RETRY
+    return Verdict.GIVE_UP
+
+
+def next_delay(
+    attempt: int,
+    response: Optional[ApiResponse],
+    settings: Settings,
+    rng: random.Random,
+    time_left: float,
+) -> Optional[float]:
+    """Seconds to wait before attempt ``attempt + 1``, or ``None`` to give up.
+
+    Exponential backoff with full jitter (AWS's "Exponential Backoff And
+    Jitter"): many bots retrying one LINE outage spread out instead of
+    arriving together.
+    """
+    if attempt >= settings.max_attempts:
+        return None
+    if response is not None and response.retry_after is not None:
+        delay = response.retry_after
+    else:
+        ceiling = min(settings.backoff_max, settings.backoff_initial * 2 ** (attempt - 1))
+        delay = rng.uniform(0.0, ceiling)
+    if _testing:
+        delay = 0.0
+    if delay >= time_left:
+        return None
+    return delay

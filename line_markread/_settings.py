@@ -1,0 +1,131 @@
+"""Validated, immutable options shared by the marker and the webhook handler.
+
+Every default is chosen against LINE's 2-second webhook deadline: a webhook
+that is not answered within 2 s counts as failed (``request_timeout`` in LINE's
+error statistics).  The handler therefore never waits more than
+``wait_timeout`` (1 s) for its mark, leaving the other second to the bot's own
+handlers and the HTTP answer; retries carry on in the background.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, Optional, Union
+
+import attrs
+
+Mode = Literal["auto", "token", "user"]
+"""Which mark-as-read endpoint to use; see ``Settings.mode``."""
+
+Decision = Union[bool, Literal["nowait"]]
+"""What one handler wants for one event: ``True``, ``False`` or ``"nowait"``."""
+
+MarkPolicy = Union[bool, Literal["nowait"], Callable[[Any], Decision]]
+"""The ``mark_as_read=`` value of ``handler.add(...)``: a decision, or a function of the event."""
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{attribute.name} must be a number >= 0, got {value!r}")
+
+
+def _positive_int(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be an integer >= 1, got {value!r}")
+
+
+def _bool(_: object, attribute: attrs.Attribute[Any], value: bool) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be True or False, got {value!r}")
+
+
+def _mode(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in ("auto", "token", "user"):
+        raise ValueError(f"mode must be 'auto', 'token' or 'user', got {value!r}")
+
+
+def _optional_callable(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{attribute.name} must be callable or None, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """How the plugin marks messages read.  Pass these as keyword arguments.
+
+    Every value is validated when the handler or marker is built, so a typo
+    fails at start-up rather than on the first message.
+    """
+
+    mode: Mode = attrs.field(default="auto", validator=_mode)
+    """``"token"``: the read-token API (all accounts, any chat).  ``"user"``: the
+    corporate user-ID API (1:1 chats only, needs LINE's approval).  ``"auto"``: the
+    token when the message carries one, else the user ID in 1:1 chats."""
+
+    wait_timeout: float = attrs.field(default=1.0, validator=_non_negative)
+    """Longest time (s) one webhook body holds its handlers back waiting for
+    marks.  It bounds the whole body, not each handler: half of LINE's 2 s."""
+
+    request_timeout: float = attrs.field(default=1.0, validator=_positive)
+    """Per-attempt HTTP timeout (s).  The SDK's clients default to none (sync) or
+    300 s (async); 1 s still covers a cold TLS connection from another continent."""
+
+    max_attempts: int = attrs.field(default=5, validator=_positive_int)
+    """Attempts per mark, the first included."""
+
+    retry_deadline: float = attrs.field(default=30.0, validator=_positive)
+    """No new attempt starts later than this (s) after the first one."""
+
+    backoff_initial: float = attrs.field(default=0.1, validator=_non_negative)
+    """Upper bound (s) of the first backoff; it doubles per retry (full jitter)."""
+
+    backoff_max: float = attrs.field(default=5.0, validator=_non_negative)
+    """Cap (s) on one backoff delay."""
+
+    coalesce: bool = attrs.field(default=True, validator=_bool)
+    """One request per chat per body (the newest token marks all earlier
+    messages), and a newer message supersedes an older one still retrying.
+    ``False``: one request per event."""
+
+    max_concurrency: int = attrs.field(default=32, validator=_positive_int)
+    """Requests in flight at once, per event loop."""
+
+    max_tracked_chats: int = attrs.field(default=10_000, validator=_positive_int)
+    """Chats whose newest marked message is remembered (least recently used
+    idle chats are forgotten first), so memory does not grow with every chat
+    the bot has ever seen."""
+
+    mark_standby: bool = attrs.field(default=False, validator=_bool)
+    """Mark events with ``mode == "standby"`` (another channel is active and
+    this one must not act), normally left alone."""
+
+    mark_unhandled: bool = attrs.field(default=False, validator=_bool)
+    """Mark message events that no handler (not even the default) handles."""
+
+    close_grace: float = attrs.field(default=2.0, validator=_non_negative)
+    """How long ``close()``/``aclose()`` lets pending marks finish before cancelling them."""
+
+    on_failure: Optional[Callable[[Any], None]] = attrs.field(
+        default=None, validator=_optional_callable
+    )
+    """Called with a ``MarkFailure`` (no secrets in it) when a mark fails for good."""
+
+    jitter_seed: Optional[int] = attrs.field(default=None)
+    """Seed for the backoff jitter, for reproducible runs (demo, tests)."""
+
+
+def validate_policy(policy: object) -> MarkPolicy:
+    """Check a ``mark_as_read=`` value where it is given, not when the first message comes.
+
+    Compared with ``is``: ``1``, ``0``, ``""`` or ``None`` are mistakes, not
+    shorthands, and must not silently turn into "mark" or "don't mark".
+    """
+    if policy is True or policy is False or policy == "nowait" or callable(policy):
+        return policy
+    raise TypeError(
+        f"mark_as_read must be True, False, 'nowait' or a callable(event), got {policy!r}"
+    )

@@ -1,0 +1,67 @@
+"""Counters of what the plugin did, and the immutable snapshot users read."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Stats:
+    """A snapshot of counters since the handler or marker was built.  Add two with ``+``."""
+
+    requests: int = 0
+    """HTTP attempts sent to LINE (first tries and retries)."""
+    marked: int = 0
+    """Attempts LINE answered with 200: the chat is read up to that message."""
+    retried: int = 0
+    """Attempts after the first for the same mark."""
+    failed: int = 0
+    """Marks given up: final error, attempts or deadline exhausted, or cancelled at close."""
+    coalesced: int = 0
+    """Messages not sent on their own because a newer message of the same chat covered them."""
+    superseded: int = 0
+    """Marks abandoned (before or between retries) because a newer message of the chat took over."""
+    already_read: int = 0
+    """Messages not sent because their chat was already marked up to a newer message."""
+    skipped: int = 0
+    """Message events with nothing to mark: no token or chat, standby, not 1:1 (user-ID API)."""
+    opted_out: int = 0
+    """Message events whose handler said ``mark_as_read=False`` (or whose policy raised)."""
+    timed_out: int = 0
+    """Handlers released by ``wait_timeout`` before their mark finished (marking went on)."""
+
+    def __add__(self, other: Stats) -> Stats:
+        if not isinstance(other, Stats):
+            return NotImplemented
+        return Stats(**{f: getattr(self, f) + getattr(other, f) for f in _FIELDS})
+
+
+_FIELDS = tuple(a.name for a in attrs.fields(Stats))
+
+
+class Counters:
+    """The mutable counters of one engine; only its event loop's thread writes them."""
+
+    __slots__ = _FIELDS
+
+    requests: int
+    marked: int
+    retried: int
+    failed: int
+    coalesced: int
+    superseded: int
+    already_read: int
+    skipped: int
+    opted_out: int
+    timed_out: int
+
+    def __init__(self) -> None:
+        for name in _FIELDS:
+            setattr(self, name, 0)
+
+    def snapshot(self) -> Stats:
+        return Stats(**{name: getattr(self, name) for name in _FIELDS})
+
+
+# The annotations above exist for the type checker; they must name exactly the Stats fields.
+assert tuple(Counters.__annotations__) == _FIELDS
