@@ -261,6 +261,7 @@ class Engine:
             return
         job.superseded = True
         self.counters.superseded += 1
+        _trace("superseded", job)
         # A request already on the wire is let finish (its 200 still counts);
         # one waiting for a slot or backing off is dropped now.  It leaves the
         # chat at once: a task cancelled before it first runs never reaches
@@ -283,6 +284,7 @@ class Engine:
                 async with self._slots:
                     job.in_flight = job.sent = True
                     self._note_sent(chat, job.key)
+                    _trace("sent", job, attempt=attempt)
                     self.counters.requests += 1
                     if attempt > 1:
                         self.counters.retried += 1
@@ -305,12 +307,13 @@ class Engine:
                 if delay is None:
                     self._on_failed(chat, job, attempt, response, error)
                     return
-                log.debug(
-                    "mark-as-read for %s: attempt %d got %s; retrying in %.3fs",
-                    job.target.chat,
-                    attempt,
-                    response.status if response else error,
-                    delay,
+                _trace(
+                    "retry",
+                    job,
+                    attempt=attempt,
+                    status=response.status if response else None,
+                    delay=delay,
+                    reason=error or (response.message if response else None),
                 )
                 await asyncio.sleep(delay)
         finally:
@@ -324,6 +327,7 @@ class Engine:
 
     def _on_marked(self, chat: _Chat, job: _Job) -> None:
         self.counters.marked += 1
+        _trace("marked", job)
         if chat.marked is None or job.key > chat.marked:
             chat.marked = job.key
         still_waiting = []
@@ -361,6 +365,7 @@ class Engine:
             failure.status if failure.status is not None else "no response",
             failure.reason,
             failure.request_id,
+            extra={"markread_event": "failed", "markread_chat": str(failure.chat)},
         )
         others = [other for other in chat.jobs if other is not job]
         still_waiting = []
@@ -419,3 +424,18 @@ class Engine:
                 waiter.release(Outcome.FAILED)
             chat.waiters.clear()
         await self._transport.aclose()
+
+
+def _trace(what: str, job: _Job, **fields: object) -> None:
+    """A DEBUG record per step of a mark, with structured ``extra`` for tools (the demo's timeline).
+
+    Attributes on the record: ``markread_event`` (sent, retry, marked,
+    superseded, failed), ``markread_chat`` and ``markread_<field>`` for each
+    field; never the read token.
+    """
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    extra: dict[str, object] = {"markread_event": what, "markread_chat": str(job.target.chat)}
+    extra.update({f"markread_{name}": value for name, value in fields.items()})
+    details = " ".join(f"{name}={value}" for name, value in fields.items())
+    log.debug("mark-as-read %s: %s %s", what, job.target.chat, details, extra=extra)
