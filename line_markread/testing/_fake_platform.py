@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
-import inspect
 import itertools
 import json
 import secrets
@@ -21,7 +20,7 @@ import socket
 import struct
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
@@ -60,17 +59,6 @@ _ERROR_MESSAGES: Mapping[int, str] = {
     500: "An error occurred in the server",
 }
 
-# aiohttp >= 3.9 can cancel a handler when its client disconnects; that is what
-# lets a hung request end when the client gives up instead of when the fake
-# stops.  Older versions would reject the keyword, so only pass what exists.
-_SERVER_KWARGS: dict[str, Any] = {"access_log": None}
-if "handler_cancellation" in inspect.signature(web.Server.__init__).parameters:
-    _SERVER_KWARGS["handler_cancellation"] = True
-_RUNNER_KWARGS: dict[str, Any] = {}
-if "shutdown_timeout" in inspect.signature(web.BaseRunner.__init__).parameters:
-    # A backstop only: stop() releases every waiting handler before shutting down.
-    _RUNNER_KWARGS["shutdown_timeout"] = 2.0
-
 _Action = Literal["respond", "hang", "drop", "reset"]
 Outcome = Literal["pending", "responded", "dropped", "abandoned"]
 
@@ -106,8 +94,9 @@ class Fault:
 
         Without *body*, an error status gets a LINE-style JSON error body and
         200 gets the endpoint's normal handling.  A given *body* is sent
-        as-is, so tests can send bodies LINE never would (HTML from a proxy,
-        nothing at all).  *retry_after* becomes a ``Retry-After`` header.
+        as-is, still labelled JSON, so tests can send what LINE never would
+        (HTML from a proxy, nothing at all).  *retry_after* becomes a
+        ``Retry-After`` header.
         """
         _check_status(code)
         if delay < 0:
@@ -165,7 +154,7 @@ class RecordedRequest:
     received_at: float
     """`time.monotonic` when the request arrived."""
     responded_at: float | None
-    """`time.monotonic` when the response was written; None if there was none."""
+    """`time.monotonic` when the response was sent; None if none was."""
     status: int | None
     """The status sent; None if no response was sent (yet)."""
     request_id: str
@@ -244,6 +233,10 @@ class FakeLinePlatform:
         self._cond = threading.Condition()
         # Guarded by _cond:
         self._records: list[RecordedRequest] = []
+        # Counts by path, and in total under None, so waiting stays cheap when
+        # a benchmark sends thousands of requests.
+        self._arrived: Counter[str | None] = Counter()
+        self._finished: Counter[str | None] = Counter()
         self._generation = 0
         self._marked: list[str] = []
         self._scripts: dict[str, deque[Fault]] = {}
@@ -381,6 +374,8 @@ class FakeLinePlatform:
         """Forget records, scripts and rejected tokens; keep the settings."""
         with self._cond:
             self._records = []
+            self._arrived.clear()
+            self._finished.clear()
             self._marked = []
             self._generation += 1
             self._scripts.clear()
@@ -471,7 +466,7 @@ class FakeLinePlatform:
         ]
 
     def _enough(self, count: int, path: str | None, completed: bool) -> bool:
-        return len(self._matching(path, completed)) >= count
+        return (self._finished if completed else self._arrived)[path] >= count
 
     def _timeout_message(
         self, count: int, path: str | None, timeout: float, completed: bool
@@ -496,7 +491,10 @@ class FakeLinePlatform:
 
     async def _serve(self) -> int:
         self._stopping = asyncio.Event()
-        runner = web.ServerRunner(web.Server(self._handle, **_SERVER_KWARGS), **_RUNNER_KWARGS)
+        # handler_cancellation: a client that gives up ends its hung request.
+        # shutdown_timeout is a backstop: stop() releases waiting handlers first.
+        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        runner = web.ServerRunner(server, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -522,9 +520,9 @@ class FakeLinePlatform:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         record, fault, generation, index = await self._arrive(request)
-        outcome: Outcome = "abandoned"
-        status: int | None = None
-        responded_at: float | None = None
+        # Each outcome is recorded *before* the client can see it, so a test
+        # that got its answer can look at the records right away.
+        finished = False
         try:
             wait = self.latency + (fault.after if fault is not None else 0.0)
             if wait > 0 and not await self._pause(wait):
@@ -534,22 +532,31 @@ class FakeLinePlatform:
                 await self._stopping.wait()
                 fault = Fault.drop()
             if fault is not None and fault.action in ("drop", "reset"):
+                self._complete(attrs.evolve(record, outcome="dropped"), generation, index)
+                finished = True
                 _close(request, rst=fault.action == "reset")
-                outcome = "dropped"
                 # aiohttp fails to write this to the closed transport, takes it
                 # for a client disconnect and sends nothing, as we want.
                 return web.Response()
             response = self._respond(record, fault)
+            responded = attrs.evolve(
+                record,
+                outcome="responded",
+                status=response.status,
+                responded_at=time.monotonic(),
+            )
+            self._complete(responded, generation, index)
+            finished = True
             try:
                 await response.prepare(request)
                 await response.write_eof()
-            except ConnectionError:  # The client went away first.
+            except ConnectionError:  # The client went away first after all.
+                self._complete(attrs.evolve(record, outcome="abandoned"), generation, index)
                 return web.Response()
-            outcome, status, responded_at = "responded", response.status, time.monotonic()
             return response
         finally:
-            done = attrs.evolve(record, outcome=outcome, status=status, responded_at=responded_at)
-            self._complete(done, generation, index)
+            if not finished:  # Cancelled: the client went away.
+                self._complete(attrs.evolve(record, outcome="abandoned"), generation, index)
 
     async def _arrive(
         self, request: web.BaseRequest
@@ -579,6 +586,8 @@ class FakeLinePlatform:
         with self._cond:
             generation, index = self._generation, len(self._records)
             self._records.append(record)
+            self._arrived[None] += 1
+            self._arrived[record.path] += 1
             scripted = self._scripts.get(request.path)
             fault = scripted.popleft() if scripted else None
             self._notify()
@@ -597,17 +606,18 @@ class FakeLinePlatform:
         return response
 
     def _complete(self, done: RecordedRequest, generation: int, index: int) -> None:
-        body = done.json
+        token = done.json.get("markAsReadToken") if isinstance(done.json, dict) else None
         with self._cond:
             if generation == self._generation:  # Otherwise reset() forgot it.
+                if isinstance(token, str) and done.path == TOKEN_MARK_AS_READ_PATH:
+                    if done.status == 200:
+                        self._marked.append(token)
+                    elif self._records[index].status == 200:  # Its answer was lost.
+                        _remove_last(self._marked, token)
+                if not self._records[index].completed:
+                    self._finished[None] += 1
+                    self._finished[done.path] += 1
                 self._records[index] = done
-                if (
-                    done.status == 200
-                    and done.path == TOKEN_MARK_AS_READ_PATH
-                    and isinstance(body, dict)
-                    and isinstance(body.get("markAsReadToken"), str)
-                ):
-                    self._marked.append(body["markAsReadToken"])
             self._notify()
 
     def _answer(self, record: RecordedRequest) -> tuple[int, bytes]:
@@ -682,6 +692,13 @@ _ENDPOINTS: Mapping[str, tuple[str, _Endpoint]] = {
     BOT_INFO_PATH: ("GET", FakeLinePlatform._bot_info),
     REPLY_PATH: ("POST", FakeLinePlatform._reply),
 }
+
+
+def _remove_last(items: list[str], value: str) -> None:
+    for i in range(len(items) - 1, -1, -1):
+        if items[i] == value:
+            del items[i]
+            return
 
 
 def _close(request: web.BaseRequest, *, rst: bool) -> None:
