@@ -159,6 +159,10 @@ class Marker:
                 self._counters.append(engine.counters)
             return engine
 
+    def tracked_chats(self) -> int:
+        """Chats whose state is in memory, over all event loops (each bounded by ``max_tracked_chats``)."""
+        return sum(engine.tracked_chats() for engine in list(self._engines.values()))
+
     def stats(self) -> Stats:
         """A snapshot of counters over every event loop this marker has used."""
         total = Stats()

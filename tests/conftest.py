@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from line_markread import WebhookHandler
+from line_markread.testing import FakeLinePlatform
+
+from .support import SECRET, AsyncDriver, Driver, HandlerFactory, SyncDriver
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeLinePlatform]:
+    with FakeLinePlatform() as platform:
+        yield platform
+
+
+@pytest.fixture(params=["sync", "async"])
+def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
+    d: Driver = SyncDriver() if request.param == "sync" else AsyncDriver()
+    yield d
+    d.finish()
+
+
+@pytest.fixture
+def new_handler(fake: FakeLinePlatform, driver: Driver) -> Iterator[HandlerFactory]:
+    """Build handlers against the fake platform; each is closed through the driver afterwards."""
+    made: list[WebhookHandler] = []
+
+    def make(**options: Any) -> WebhookHandler:
+        handler = WebhookHandler(SECRET, configuration=fake.configuration(), **options)
+        made.append(handler)
+        return handler
+
+    yield make
+    for handler in made:
+        if not handler.marker.closed:
+            driver.close(handler)

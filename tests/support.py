@@ -1,0 +1,68 @@
+"""Shared test helpers: the sync/async drivers and the channel secret."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Callable, Union
+
+from line_markread import WebhookHandler
+
+SECRET = "test-channel-secret"
+
+HandlerFactory = Callable[..., WebhookHandler]
+"""The ``new_handler`` fixture: options in, a handler on the fake platform out."""
+
+
+class Driver:
+    """Runs a handler's bodies through ``handle()`` or ``handle_async()``.
+
+    Semantics tests take the ``driver`` fixture and so run once per path: the
+    same assertions hold for sync and async bots.
+    """
+
+    name = ""
+
+    def handle(self, handler: WebhookHandler, body: Union[str, bytes], signature: str) -> None:
+        raise NotImplementedError
+
+    def close(self, handler: WebhookHandler, grace: Union[float, None] = None) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        pass
+
+
+class SyncDriver(Driver):
+    name = "sync"
+
+    def handle(self, handler: WebhookHandler, body: Union[str, bytes], signature: str) -> None:
+        handler.handle(body, signature)
+
+    def close(self, handler: WebhookHandler, grace: Union[float, None] = None) -> None:
+        handler.close(grace)
+
+
+class AsyncDriver(Driver):
+    """Runs ``handle_async`` on an event loop that keeps running, as in a real async server."""
+
+    name = "async"
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def handle(self, handler: WebhookHandler, body: Union[str, bytes], signature: str) -> None:
+        self.run(handler.handle_async(body, signature))
+
+    def close(self, handler: WebhookHandler, grace: Union[float, None] = None) -> None:
+        self.run(handler.aclose(grace))
+
+    def finish(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
