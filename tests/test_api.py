@@ -72,8 +72,8 @@ def test_exactly_one_of_access_token_and_configuration() -> None:
     ],
 )
 def test_options_are_validated_at_construction(option: str, value: object) -> None:
+    options: dict[str, Any] = {option: value}
     with pytest.raises((TypeError, ValueError), match=option):
-        options: dict[str, Any] = {option: value}
         WebhookHandler(SECRET, access_token="t", **options)
 
 
