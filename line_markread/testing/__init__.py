@@ -7,11 +7,15 @@ point your bot's ``Configuration`` at it, script failures, and assert on the
 requests it recorded.  The webhook builders make the events and signed bodies
 LINE would send to your bot, so tests go through the SDK's real parsing.
 
+``set_testing()`` turns the plugin's backoff waits off, so tests of retries
+run at full speed (attempts and their order are unchanged).
+
 Nothing here talks to LINE.
 """
 
 from __future__ import annotations
 
+from .._retry import set_testing
 from ._fake_platform import FakeLinePlatform, Fault, RecordedRequest
 from ._webhooks import (
     follow_event,
@@ -34,6 +38,7 @@ __all__ = [
     "image_event",
     "message_event",
     "postback_event",
+    "set_testing",
     "sign",
     "signed_body",
     "sticker_event",

@@ -1,0 +1,104 @@
+"""Pure decisions: read targets, retry classification, backoff, Retry-After, set_testing."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from linebot.v3.webhooks import MessageEvent, TextMessageContent
+
+from line_markread import ChatId, Endpoint, ReadTarget, Settings, Skip
+from line_markread._http import ApiResponse, parse_retry_after
+from line_markread._retry import Verdict, classify, next_delay
+from line_markread._targets import read_target
+from line_markread.testing import FakeLinePlatform, set_testing, text_event
+
+from .support import Driver, HandlerFactory
+from .test_handler import TOKEN_PATH, body_of
+
+
+def target(raw: dict[str, Any], mode: Any = "auto", standby: bool = False) -> object:
+    return read_target(raw, mode=mode, mark_standby=standby)
+
+
+def test_targets_for_each_kind_of_chat() -> None:
+    user = text_event(user_id="U1", token="t1", timestamp=5)
+    group = text_event(group_id="G1", user_id="U1", token="t2", timestamp=6)
+    room = text_event(room_id="R1", token="t3", timestamp=7)
+
+    assert target(user) == ReadTarget(ChatId("user", "U1"), Endpoint.TOKEN, "t1", 5)
+    assert target(group) == ReadTarget(ChatId("group", "G1"), Endpoint.TOKEN, "t2", 6)
+    assert target(room) == ReadTarget(ChatId("room", "R1"), Endpoint.TOKEN, "t3", 7)
+    assert target(user, "user") == ReadTarget(ChatId("user", "U1"), Endpoint.USER, "U1", 5)
+    assert target(group, "user") is Skip.NOT_ONE_TO_ONE
+    assert target({"type": "follow"}) is Skip.NOT_A_MESSAGE
+    assert target(text_event(user_id="U1", mode="standby")) is Skip.STANDBY
+    assert isinstance(target(text_event(user_id="U1", mode="standby"), standby=True), ReadTarget)
+
+
+def test_read_tokens_stay_out_of_reprs() -> None:
+    assert "t-secretish" not in repr(target(text_event(user_id="U1", token="t-secretish")))
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"),
+    [
+        (200, Verdict.DONE),
+        (500, Verdict.RETRY),
+        (503, Verdict.RETRY),
+        (429, Verdict.RETRY),
+        (400, Verdict.GIVE_UP),
+        (401, Verdict.GIVE_UP),
+        (403, Verdict.GIVE_UP),
+        (404, Verdict.GIVE_UP),
+        (None, Verdict.RETRY),
+    ],
+)
+def test_classification(status: int | None, verdict: Verdict) -> None:
+    assert classify(None if status is None else ApiResponse(status)) is verdict
+
+
+def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
+    settings = Settings(backoff_initial=0.1, backoff_max=1.0, max_attempts=100)
+    rng = random.Random(0)
+    for attempt, ceiling in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (9, 1.0)]:
+        delays = [next_delay(attempt, None, settings, rng, 100.0) for _ in range(200)]
+        assert all(d is not None and 0.0 <= d <= ceiling for d in delays)
+        assert max(d for d in delays if d is not None) > ceiling / 2  # spread, not fixed
+
+
+def test_backoff_respects_attempts_deadline_and_retry_after() -> None:
+    settings = Settings(max_attempts=3)
+    rng = random.Random(0)
+    assert next_delay(3, None, settings, rng, 100.0) is None
+    assert next_delay(1, ApiResponse(429, retry_after=2.0), settings, rng, 100.0) == 2.0
+    assert next_delay(1, ApiResponse(429, retry_after=2.0), settings, rng, 1.0) is None
+
+
+def test_retry_after_parsing() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+@pytest.fixture
+def testing_mode() -> Iterator[None]:
+    set_testing(True)
+    yield
+    set_testing(False)
+
+
+@pytest.mark.usefixtures("testing_mode")
+def test_set_testing_turns_waiting_off_but_not_retrying(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler(backoff_initial=600.0, backoff_max=600.0)
+    handler.add(MessageEvent, message=TextMessageContent)(lambda event: None)
+    fake.script(TOKEN_PATH, 503, 503)
+
+    driver.handle(handler, *body_of(text_event(user_id="U1")))
+
+    assert [r.status for r in fake.mark_requests()] == [503, 503, 200]
