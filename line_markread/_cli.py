@@ -1,0 +1,112 @@
+"""The ``line-markread`` command line (also ``python -m line_markread``).
+
+``demo`` shows the plugin working with nothing to configure; ``check`` tells
+the owner of a real account whether it needs the plugin.  ``main`` returns
+the exit status instead of exiting, so tests (and other tools) can call it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+from ._version import __version__
+
+PROG = "line-markread"
+
+DEMO_EPILOG = """\
+exit status:
+  0  every guarantee held
+  1  at least one guarantee did not hold (or the demo could not run)
+
+Runs on loopback only (a fake LINE platform and a real aiohttp bot); nothing
+to configure, nothing sent to LINE."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ._check import DEFAULT_HOST, EXIT_STATUS_HELP, TOKEN_ENV  # noqa: PLC0415
+    from ._demo import DEFAULT_SEED  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Mark LINE messages read before your bot replies: demo and account check.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="play a scripted conversation against a fake LINE platform and check every guarantee",
+        description="Start a fake LINE platform and a real bot using line_markread, play a "
+        "scripted conversation as signed webhooks (several users, a burst, a group, an "
+        "opted-out sticker, a 503 outage, a superseded retry, a rejected read token) and "
+        "print the timeline and whether every guarantee held.",
+        epilog=DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line on stdout (messages, events, checks, then a summary)",
+    )
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        metavar="N",
+        help=f"seed of the retry jitter, for reproducible runs (default: {DEFAULT_SEED})",
+    )
+
+    check = commands.add_parser(
+        "check",
+        help="ask LINE whether your account needs line_markread (GET /v2/bot/info)",
+        description="Call GET /v2/bot/info with your channel access token and report the "
+        "bot's name, chatMode and markAsReadMode, with advice.",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument(
+        "--access-token",
+        metavar="TOKEN",
+        help=f"channel access token (default: ${TOKEN_ENV}; prefer the variable, "
+        "a flag shows in the process list)",
+    )
+    check.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        metavar="URL",
+        help=f"Messaging API base URL (default: {DEFAULT_HOST})",
+    )
+    check.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; return the exit status (argparse's own exits included)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version and usage errors
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    if args.command == "demo":
+        return _demo(as_json=args.json, seed=args.seed)
+    if args.command == "check":
+        from ._check import run  # noqa: PLC0415
+
+        return run(access_token=args.access_token, host=args.host, as_json=args.json)
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _demo(*, as_json: bool, seed: int) -> int:
+    from ._demo import run  # noqa: PLC0415  # aiohttp and the SDK load only when needed
+
+    try:
+        return run(as_json=as_json, seed=seed)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # the demo's verdict is its exit status: say why, don't trace back
+        print(f"{PROG} demo: could not run: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
