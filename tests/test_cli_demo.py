@@ -1,0 +1,316 @@
+"""``line-markread demo``: exit status, and the guarantees re-derived from its ``--json`` timeline.
+
+The demo checks itself, but a self-check can be wrong in the same way as the
+thing it checks, so these tests recompute every guarantee from the raw
+records: times, chats, statuses and counts.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from line_markread import __version__, _demo
+from line_markread._cli import main
+from line_markread.testing import FakeLinePlatform
+
+Record = dict[str, Any]
+
+
+class Run:
+    """One demo run's ``--json`` output, split by record type."""
+
+    def __init__(self, stdout: str) -> None:
+        self.records: list[Record] = [json.loads(line) for line in stdout.splitlines()]
+        self.messages = [r for r in self.records if r["type"] == "message"]
+        self.events = [r for r in self.records if r["type"] == "event"]
+        self.checks = [r for r in self.records if r["type"] == "check"]
+        self.summary = self.records[-1]
+
+    def of(self, what: str, *, message: str | None = None, chat: str | None = None) -> list[Record]:
+        return [
+            e
+            for e in self.events
+            if e["what"] == what
+            and (message is None or e["message"] == message)
+            and (chat is None or e["chat"] == chat)
+        ]
+
+    def expecting(self, expect: str) -> list[Record]:
+        return [m for m in self.messages if m["expect"] == expect]
+
+    def index(self, label: str) -> int:
+        return int(next(m["index"] for m in self.messages if m["label"] == label))
+
+    def statuses(self, label: str) -> list[int]:
+        return [e["status"] for e in self.of("line-answered", message=label)]
+
+
+@pytest.fixture(scope="module")
+def subprocess_run() -> tuple[subprocess.CompletedProcess[str], Run]:
+    """The demo as users run it: a separate process, ``--json``, default seed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "line_markread", "demo", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done, Run(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def run(subprocess_run: tuple[subprocess.CompletedProcess[str], Run]) -> Run:
+    return subprocess_run[1]
+
+
+def test_subprocess_exits_0_with_json_only_on_stdout(
+    subprocess_run: tuple[subprocess.CompletedProcess[str], Run],
+) -> None:
+    done, run = subprocess_run
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert all(isinstance(r, dict) for r in run.records)
+    kinds = [r["type"] for r in run.records]
+    # messages, then the timeline, then the checks, then one summary
+    assert kinds == sorted(kinds, key=["message", "event", "check", "summary"].index)
+    assert kinds.count("summary") == 1
+    assert run.summary["ok"] is True
+    assert all(c["ok"] for c in run.checks)
+    assert run.summary["version"] == __version__
+
+
+def test_timeline_is_in_time_order(run: Run) -> None:
+    times = [e["t_ms"] for e in run.events]
+
+    assert times == sorted(times)
+
+
+def test_every_marked_reply_follows_a_200_for_its_message_or_a_newer_one(run: Run) -> None:
+    """The product's promise: LINE shows "Read" before the bot's reply."""
+    due = run.expecting("marked")
+    assert len(due) >= 10
+
+    for message in due:
+        (reply,) = run.of("reply", message=message["label"])
+        covering = [
+            answer
+            for answer in run.of("line-answered", chat=message["chat"])
+            if answer["status"] == 200
+            and run.index(answer["message"]) >= message["index"]
+            and answer["t_ms"] <= reply["t_ms"]
+        ]
+        assert covering, message["label"]
+    assert run.summary["read_before_reply"] == run.summary["read_before_reply_due"] == len(due)
+
+
+def test_every_handler_ran_once_and_its_reply_was_accepted(run: Run) -> None:
+    for message in run.messages:
+        (handler,) = run.of("handler", message=message["label"])
+        (reply,) = run.of("reply", message=message["label"])
+        assert handler["t_ms"] <= reply["t_ms"]
+        assert reply["status"] == 200
+    assert run.summary["replies"] == len(run.messages)
+
+
+def test_marked_handlers_start_after_the_plugin_saw_their_chat_marked(run: Run) -> None:
+    for message in run.expecting("marked"):
+        (handler,) = run.of("handler", message=message["label"])
+        marked = run.of("mark-marked", chat=message["chat"])
+        assert any(m["t_ms"] <= handler["t_ms"] for m in marked), message["label"]
+
+
+def test_fewer_requests_than_messages(run: Run) -> None:
+    requests = len(run.of("line-answered"))
+
+    assert requests < len(run.messages)
+    assert requests == run.summary["mark_requests"]
+    assert len(run.messages) == run.summary["messages"]
+
+
+def test_a_burst_and_a_group_each_take_one_request(run: Run) -> None:
+    for chat in ("dave", "friends"):
+        labels = [m["label"] for m in run.messages if m["chat"] == chat]
+        (answer,) = run.of("line-answered", chat=chat)
+        assert len(labels) > 1
+        assert answer["message"] == labels[-1]  # the newest token marks the others
+        assert answer["status"] == 200
+
+
+def test_opted_out_sticker_is_never_marked_but_handled(run: Run) -> None:
+    (sticker,) = run.expecting("opted-out")
+
+    assert sticker["kind"] == "sticker"
+    assert run.statuses(sticker["label"]) == []
+    assert run.of("handler", message=sticker["label"])
+
+
+def test_rejected_token_gets_one_400_and_the_handler_still_runs(run: Run) -> None:
+    (message,) = run.expecting("rejected")
+    (answer,) = run.of("line-answered", message=message["label"])
+    (reply,) = run.of("reply", message=message["label"])
+
+    assert answer["status"] == 400
+    assert run.of("mark-failed", chat=message["chat"])
+    assert answer["t_ms"] <= reply["t_ms"]
+
+
+def test_outage_is_retried_until_it_recovers(run: Run) -> None:
+    recovered = [m for m in run.messages if run.statuses(m["label"]) == [503, 503, 200]]
+
+    (message,) = recovered
+    retries = run.of("mark-retry", chat=message["chat"])
+    sent = run.of("mark-sent", chat=message["chat"])
+    assert [r["status"] for r in retries] == [503, 503]
+    assert [s["attempt"] for s in sent] == [1, 2, 3]
+
+
+def test_newer_message_supersedes_a_retrying_mark(run: Run) -> None:
+    (superseded,) = run.of("mark-superseded")
+    chat = superseded["chat"]
+    older, newer = (m["label"] for m in run.messages if m["chat"] == chat)
+    (retry,) = run.of("mark-retry", chat=chat)
+    second_webhook = run.of("webhook", chat=chat)[1]
+
+    # The newer message arrived while the older mark was waiting to retry ...
+    assert retry["t_ms"] <= second_webhook["t_ms"] <= superseded["t_ms"]
+    # ... and one 200 for it marked both: the older token was never retried.
+    assert run.statuses(older) == [503]
+    assert run.statuses(newer) == [200]
+
+
+def test_every_webhook_is_answered_200(run: Run) -> None:
+    answers = run.of("webhook-answered")
+
+    assert len(answers) == len(run.of("webhook"))
+    assert {a["status"] for a in answers} == {200}
+
+
+def test_plugin_stats_agree_with_line_records(run: Run) -> None:
+    (stats,) = [c for c in run.checks if "stats" in c["name"]]
+
+    assert stats["ok"] is True
+
+
+def test_no_credentials_or_tokens_in_the_output(
+    subprocess_run: tuple[subprocess.CompletedProcess[str], Run],
+) -> None:
+    done, _ = subprocess_run
+
+    for secret in (_demo.DEMO_ACCESS_TOKEN, _demo.DEMO_CHANNEL_SECRET, "markAsReadToken"):
+        assert secret not in done.stdout + done.stderr
+
+
+def test_in_process_json_run_holds_with_another_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["demo", "--json", "--seed", "3"])
+
+    out, err = capsys.readouterr()
+    run = Run(out)
+    assert code == 0, out
+    assert err == ""
+    assert run.summary["seed"] == 3
+    assert run.summary["ok"] is True
+
+
+def test_seed_makes_the_jitter_reproducible(capsys: pytest.CaptureFixture[str]) -> None:
+    def retry_delays(seed: str) -> list[float]:
+        assert main(["demo", "--json", "--seed", seed]) == 0
+        run = Run(capsys.readouterr().out)
+        return [e["delay_ms"] for e in run.of("mark-retry") if e["status"] == 503]
+
+    assert retry_delays("11") == retry_delays("11")
+
+
+def test_human_output_is_plain_when_piped(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["demo"])
+
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert err == ""
+    assert "\x1b[" not in out
+    assert re.search(r"read before reply for (\d+) of \1 replies", out)
+    assert "Every guarantee held." in out
+    assert _demo.DEMO_ACCESS_TOKEN not in out
+
+
+def test_demo_exits_1_when_handlers_do_not_wait(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The self-check has teeth: a plugin that let handlers run early fails the demo.
+
+    ``wait_timeout=0`` releases each handler once its request is sent, and a
+    slow LINE (50 ms per answer) makes every reply overtake its mark.
+    """
+    monkeypatch.setattr(_demo, "DEMO_SETTINGS", {**_demo.DEMO_SETTINGS, "wait_timeout": 0.0})
+    monkeypatch.setattr(
+        _demo, "FakeLinePlatform", functools.partial(FakeLinePlatform, latency=0.05)
+    )
+
+    code = main(["demo", "--json"])
+
+    run = Run(capsys.readouterr().out)
+    assert code == 1
+    assert run.summary["ok"] is False
+    (read_first,) = [c for c in run.checks if c["name"] == "read before reply"]
+    assert read_first["ok"] is False
+
+
+def test_logging_is_restored_after_the_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    logger = logging.getLogger("line_markread")
+    before = (logger.level, logger.propagate, list(logger.handlers))
+
+    assert main(["demo", "--json"]) == 0
+
+    capsys.readouterr()
+    assert (logger.level, logger.propagate, list(logger.handlers)) == before
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colour_and_alignment_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+
+    assert _demo.Style.for_stream(_Terminal()) == _demo.Style(colour=True, aligned=True)
+    assert _demo.Style.for_stream(io.StringIO()) == _demo.Style(colour=False, aligned=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert _demo.Style.for_stream(_Terminal()) == _demo.Style(colour=False, aligned=True)
+
+
+def test_demo_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--help"]) == 0
+
+    out = capsys.readouterr().out
+    assert "--json" in out
+    assert "--seed" in out
+    assert "exit status" in out
+
+
+def test_version_and_top_level_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"line-markread {__version__}"
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "demo" in out
+    assert "check" in out
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert main(["demo", "--seed", "seven"]) == 2
+    assert main(["no-such-command"]) == 2
+
+    assert "usage:" in capsys.readouterr().err
