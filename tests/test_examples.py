@@ -1,0 +1,382 @@
+"""End to end: each example bot as a real server process, against the fake LINE platform.
+
+Every example starts as documented (``python examples/NAME.py``, configured
+through the environment) with ``LINE_API_HOST`` pointing at a
+``FakeLinePlatform``, on a port it picks itself (``PORT=0``/``--port 0``) and
+announces on stdout.  The tests send signed webhooks over HTTP and read the
+fake's records.  The Flask bot runs under waitress (16 threads), the aiohttp
+and parser bots under aiohttp's runner, the FastAPI bot under uvicorn.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Optional
+
+import pytest
+
+from line_markread.testing import FakeLinePlatform, Fault, sticker_event, text_event
+from line_markread.testing._fake_platform import REPLY_PATH, TOKEN_MARK_AS_READ_PATH
+from line_markread.testing._pytest_plugin import (
+    SignedWebhook,
+    WebhookFactory,
+    assert_marked_before_replied,
+    assert_not_marked,
+)
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = ["flask_bot", "aiohttp_bot", "fastapi_bot", "parser_bot"]
+SERVERS = {"flask_bot": "waitress", "aiohttp_bot": "aiohttp", "fastapi_bot": "uvicorn"}
+SECRET = "example-channel-secret"
+
+READY = re.compile(r"Listening on http://127\.0\.0\.1:(\d+)/callback")
+# What must never show on a bot's stderr: Python warnings (run with -W default),
+# tracebacks, asyncio's "Unclosed client session/connector", logged errors.
+TROUBLE = re.compile(r"Traceback|Warning|WARNING|Error|ERROR|Exception|Unclosed|unclosed")
+STARTUP_TIMEOUT = 30.0  # generous: two busy CI cores importing FastAPI
+STOP_TIMEOUT = 20.0
+REQUEST_TIMEOUT = 15.0
+
+
+def _pump(stream: IO[str], sink: queue.Queue[Optional[str]]) -> None:
+    for line in stream:
+        sink.put(line)
+    sink.put(None)
+
+
+class Bot:
+    """One example running as a server process, with its output collected as it comes."""
+
+    def __init__(
+        self,
+        name: str,
+        platform: FakeLinePlatform,
+        *,
+        port_from_env: bool,
+        env: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        self.name = name
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("LINE_") and k != "PORT"},
+            **(env or {}),
+        }
+        env.update(
+            LINE_CHANNEL_SECRET=SECRET,
+            LINE_CHANNEL_ACCESS_TOKEN=platform.access_token,
+            LINE_API_HOST=platform.url,
+        )
+        args = [sys.executable, "-W", "default", str(EXAMPLES_DIR / f"{name}.py")]
+        args += ["--host", "127.0.0.1"]
+        if port_from_env:
+            env["PORT"] = "0"
+        else:
+            args += ["--port", "0"]
+        self.process = subprocess.Popen(
+            args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
+        self._stdout: queue.Queue[Optional[str]] = queue.Queue()
+        self._stderr: queue.Queue[Optional[str]] = queue.Queue()
+        self._pumps = [
+            threading.Thread(target=_pump, args=(self.process.stdout, self._stdout), daemon=True),
+            threading.Thread(target=_pump, args=(self.process.stderr, self._stderr), daemon=True),
+        ]
+        for pump in self._pumps:
+            pump.start()
+        try:
+            self.banner, port = self._wait_until_listening()
+        except BaseException:
+            self.kill()
+            raise
+        self.url = f"http://127.0.0.1:{port}/callback"
+
+    def _wait_until_listening(self) -> tuple[str, int]:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._stdout.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                self.process.wait(timeout=STOP_TIMEOUT)
+                pytest.fail(
+                    f"{self.name} exited ({self.process.returncode}) before listening:\n"
+                    + self._drain_stderr()
+                )
+            if match := READY.search(line):
+                return line.strip(), int(match.group(1))
+        pytest.fail(f"{self.name} did not listen within {STARTUP_TIMEOUT}s")
+
+    def _drain_stderr(self) -> str:
+        lines = []
+        while (line := self._stderr.get(timeout=STOP_TIMEOUT)) is not None:
+            lines.append(line)
+        return "".join(lines)
+
+    def post(self, body: str, headers: Mapping[str, str]) -> tuple[int, str]:
+        request = urllib.request.Request(
+            self.url, data=body.encode(), headers=dict(headers), method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            try:
+                return error.code, error.read().decode()
+            finally:
+                error.close()
+
+    def send(self, webhook: SignedWebhook) -> None:
+        status, text = self.post(webhook.body, webhook.headers)
+        assert status == 200, text
+        assert 0 < len(text) < 20, text
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM, as ``docker stop`` or systemd sends it; the exit status and stderr."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            returncode = self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"{self.name} did not stop within {STOP_TIMEOUT}s of SIGTERM")
+        return returncode, self._drain_stderr()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=STOP_TIMEOUT)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def assert_clean_exit(name: str, returncode: int, stderr: str) -> None:
+    assert returncode == 0, f"{name} exited with {returncode} on SIGTERM:\n{stderr}"
+    assert not TROUBLE.search(stderr), f"{name} complained on stderr:\n{stderr}"
+
+
+@pytest.fixture(scope="module")
+def fake_line() -> Iterator[FakeLinePlatform]:
+    with FakeLinePlatform() as platform:
+        yield platform
+
+
+@pytest.fixture(scope="module", params=EXAMPLES)
+def bot(request: pytest.FixtureRequest, fake_line: FakeLinePlatform) -> Iterator[Bot]:
+    """One running bot per example, shared by the tests of that example; SIGTERM at the end."""
+    running = Bot(request.param, fake_line, port_from_env=True)
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            assert_clean_exit(running.name, *running.stop())
+        running.kill()
+
+
+@pytest.fixture
+def line(fake_line: FakeLinePlatform, bot: Bot) -> FakeLinePlatform:
+    """The fake platform, with the records of earlier tests forgotten."""
+    fake_line.reset()
+    return fake_line
+
+
+@pytest.fixture
+def webhooks() -> WebhookFactory:
+    return WebhookFactory(SECRET)
+
+
+def _chat_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(16)
+
+
+# -- one bot per example ------------------------------------------------------------
+
+
+def test_runs_under_the_documented_server(bot: Bot) -> None:
+    if bot.name in SERVERS:
+        assert SERVERS[bot.name] in bot.banner
+
+
+def test_text_is_marked_before_its_echo_and_stickers_stay_unread(
+    bot: Bot, line: FakeLinePlatform, webhooks: WebhookFactory
+) -> None:
+    in_user_chat = text_event("hello")
+    in_group = text_event("hi all", group_id=_chat_id("C"), user_id=_chat_id("U"))
+    sticker = sticker_event()
+    webhook = webhooks(in_user_chat, in_group, sticker)
+
+    bot.send(webhook)
+
+    replies = line.wait_for_requests(2, path=REPLY_PATH)
+    assert sorted(r.json["messages"][0]["text"] for r in replies) == ["hello", "hi all"]  # type: ignore[index]
+    assert_marked_before_replied(line, webhook.events)
+    assert_not_marked(line, [sticker])
+    assert sorted(line.marked_tokens()) == sorted(
+        e["message"]["markAsReadToken"] for e in (in_user_chat, in_group)
+    )
+
+
+def test_a_sticker_alone_is_left_unread(
+    bot: Bot, line: FakeLinePlatform, webhooks: WebhookFactory
+) -> None:
+    sticker = sticker_event()
+    bot.send(webhooks(sticker))
+    # A text from another chat afterwards: once it is answered, a mark for the
+    # sticker, sent before it, would have arrived too.
+    later = webhooks(text_event())
+    bot.send(later)
+    line.wait_for_requests(1, path=REPLY_PATH)
+    assert_marked_before_replied(line, later.events)
+    assert_not_marked(line, [sticker])
+
+
+def test_messages_of_one_chat_in_one_body_share_one_mark(
+    bot: Bot, line: FakeLinePlatform, webhooks: WebhookFactory
+) -> None:
+    user = _chat_id("U")
+    first, second = text_event("one", user_id=user), text_event("two", user_id=user)
+    webhook = webhooks(first, second)
+
+    bot.send(webhook)
+
+    line.wait_for_requests(2, path=REPLY_PATH)
+    assert_marked_before_replied(line, webhook.events)
+    assert [r.json for r in line.mark_requests()] == [
+        {"markAsReadToken": second["message"]["markAsReadToken"]}
+    ]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"X-Line-Signature": "bm90IHRoZSBzaWduYXR1cmU="}, id="bad"),
+        pytest.param({}, id="missing"),
+    ],
+)
+def test_a_bad_signature_gets_400_and_no_api_call(
+    bot: Bot, line: FakeLinePlatform, webhooks: WebhookFactory, headers: dict[str, str]
+) -> None:
+    webhook = webhooks(text_event(), sticker_event())
+    status, _ = bot.post(webhook.body, {"Content-Type": "application/json", **headers})
+    assert status == 400
+    # A good request afterwards: its records are all there is.
+    good = webhooks(text_event())
+    bot.send(good)
+    line.wait_for_requests(2)
+    assert [r.path for r in line.requests] == [TOKEN_MARK_AS_READ_PATH, REPLY_PATH]
+    assert_marked_before_replied(line, good.events)
+
+
+def test_50_concurrent_webhooks_from_many_chats_end_marked_with_their_newest_token(
+    bot: Bot, line: FakeLinePlatform, webhooks: WebhookFactory
+) -> None:
+    # (user, group, room): 4 user chats, 3 groups, 3 rooms.
+    chats: list[tuple[str, Optional[str], Optional[str]]] = [
+        (_chat_id("U"), _chat_id("C") if n in (4, 5, 6) else None, _chat_id("R") if n > 6 else None)
+        for n in range(10)
+    ]
+    per_chat = 5
+    # Built in order, so each chat's timestamps increase; sent all at once, so
+    # they reach the bot in any order.
+    by_chat = [
+        [
+            text_event(f"message {n}", user_id=user, group_id=group, room_id=room)
+            for n in range(per_chat)
+        ]
+        for user, group, room in chats
+    ]
+    signed = [webhooks(event) for events in by_chat for event in events]
+    assert len(signed) == 50
+
+    with ThreadPoolExecutor(max_workers=len(signed)) as pool:
+        for _ in pool.map(bot.send, signed):
+            pass
+
+    line.wait_for_requests(len(signed), path=REPLY_PATH)
+    assert_marked_before_replied(line, webhooks.events)
+    marked = set(line.marked_tokens())
+    for events in by_chat:
+        assert events[-1]["message"]["markAsReadToken"] in marked
+
+
+# -- a process per test -----------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_line(fake_line: FakeLinePlatform) -> FakeLinePlatform:
+    fake_line.reset()
+    return fake_line
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_sigterm_drains_the_pending_mark_and_exits_0(
+    name: str, fresh_line: FakeLinePlatform, webhooks: WebhookFactory
+) -> None:
+    # The first attempt fails slowly and the retry answers late, so the bot's
+    # wait for the mark (wait_timeout, 1 s) runs out: it replies, answers the
+    # webhook, and the mark is still pending when SIGTERM comes.
+    fresh_line.script(TOKEN_MARK_AS_READ_PATH, Fault.status(503, delay=0.9), Fault.delay(0.6))
+    bot = Bot(name, fresh_line, port_from_env=False)
+    try:
+        event = text_event("bye")
+        bot.send(webhooks(event))
+        returncode, stderr = bot.stop()
+    finally:
+        bot.kill()
+
+    assert_clean_exit(name, returncode, stderr)
+    failed, retried, reply = fresh_line.wait_for_requests(3)
+    assert (failed.path, failed.status) == (TOKEN_MARK_AS_READ_PATH, 503)
+    assert (reply.path, retried.path) == (REPLY_PATH, TOKEN_MARK_AS_READ_PATH)
+    assert retried.status == 200, "the pending mark was not drained at shutdown"
+    assert retried.responded_at is not None
+    assert retried.responded_at > reply.received_at  # it really was still pending
+    assert fresh_line.marked_tokens() == [event["message"]["markAsReadToken"]]
+
+
+def test_the_flask_bot_falls_back_to_werkzeug_without_waitress(
+    fresh_line: FakeLinePlatform, webhooks: WebhookFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "waitress.py").write_text("raise ImportError('no waitress here')\n")
+    bot = Bot("flask_bot", fresh_line, port_from_env=False, env={"PYTHONPATH": str(tmp_path)})
+    try:
+        assert "Werkzeug" in bot.banner
+        webhook = webhooks(text_event())
+        bot.send(webhook)
+        returncode, stderr = bot.stop()
+    finally:
+        bot.kill()
+    assert_clean_exit(bot.name, returncode, stderr)
+    assert_marked_before_replied(fresh_line, webhook.events)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_missing_configuration_is_a_clear_message_and_exit_1(name: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINE_")}
+    env["LINE_CHANNEL_SECRET"] = SECRET
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES_DIR / f"{name}.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "LINE_CHANNEL_ACCESS_TOKEN" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
