@@ -15,6 +15,7 @@ from typing import Optional
 from ._version import __version__
 
 PROG = "line-markread"
+DEFAULT_SEED = 7
 
 DEMO_EPILOG = """\
 exit status:
@@ -26,8 +27,8 @@ to configure, nothing sent to LINE."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Only the chosen command loads its modules: --help and check stay quick.
     from ._check import DEFAULT_HOST, EXIT_STATUS_HELP, TOKEN_ENV  # noqa: PLC0415
-    from ._demo import DEFAULT_SEED  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(
         prog=PROG,

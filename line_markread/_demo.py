@@ -48,7 +48,6 @@ from .testing import (
 # Obviously fake credentials: the demo never talks to LINE, and never prints these.
 DEMO_CHANNEL_SECRET = "demo-channel-secret-not-a-real-one"
 DEMO_ACCESS_TOKEN = "demo-access-token-not-a-real-one"
-DEFAULT_SEED = 7
 
 TOKEN_MARK_PATH = "/v2/bot/chat/markAsRead"
 REPLY_PATH = "/v2/bot/message/reply"
@@ -866,7 +865,7 @@ def write_json(result: Result, out: TextIO) -> None:
     out.flush()
 
 
-def run(*, as_json: bool = False, seed: int = DEFAULT_SEED, out: Optional[TextIO] = None) -> int:
+def run(*, seed: int, as_json: bool = False, out: Optional[TextIO] = None) -> int:
     """Play the demo; 0 if every guarantee held, 1 otherwise."""
     out = sys.stdout if out is None else out
     result = asyncio.run(play(seed))
