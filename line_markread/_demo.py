@@ -498,9 +498,11 @@ async def newer_message_supersedes_retry(c: Conversation) -> None:
     # seed, for the second message to arrive while it is still pending.
     c.fake.script(TOKEN_MARK_PATH, Fault.status(503, retry_after="1"))
     first = asyncio.ensure_future(c.deliver(c.cast.text("erin", "hello?")))
-    await c.timeline.wait_for(lambda e: e.what == "mark-retry" and e.chat == "erin", timeout=3)
-    await c.deliver(c.cast.text("erin", "hello??"))
-    await first
+    try:
+        await c.timeline.wait_for(lambda e: e.what == "mark-retry" and e.chat == "erin", timeout=3)
+        await c.deliver(c.cast.text("erin", "hello??"))
+    finally:
+        await first
 
 
 async def invalid_read_token(c: Conversation) -> None:
@@ -521,6 +523,16 @@ SCENES: tuple[tuple[str, Scene], ...] = (
 )
 
 
+async def converse(conversation: Conversation) -> None:
+    conversation.timeline.restart()
+    try:
+        for title, scene in SCENES:
+            conversation.scene(title)
+            await scene(conversation)
+    finally:
+        await conversation.close()
+
+
 async def play(seed: int) -> Result:
     """Run the whole demo on the running loop and check what happened."""
     cast = Cast()
@@ -530,14 +542,9 @@ async def play(seed: int) -> Result:
     try:
         with tracing(TraceHandler(timeline)):
             bot = DemoBot(fake, timeline, seed)
-            conversation = Conversation(fake, timeline, await bot.start())
             try:
-                timeline.restart()
-                for title, scene in SCENES:
-                    conversation.scene(title)
-                    await scene(conversation)
+                await converse(Conversation(fake, timeline, await bot.start()))
             finally:
-                await conversation.close()
                 await bot.stop()
         line_entries(cast, fake.requests, timeline)
     finally:

@@ -314,3 +314,18 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["no-such-command"]) == 2
 
     assert "usage:" in capsys.readouterr().err
+
+
+def test_demo_that_cannot_run_exits_1_with_a_reason(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def broken(seed: int) -> _demo.Result:
+        raise OSError("no loopback today")
+
+    monkeypatch.setattr(_demo, "play", broken)
+
+    assert main(["demo", "--json"]) == 1
+
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "could not run: OSError: no loopback today" in err
