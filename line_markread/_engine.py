@@ -30,18 +30,21 @@ import itertools
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Optional, Union
 
 import attrs
 
+from ._guard import ChannelGuard
 from ._http import ApiResponse, Credentials, Transport, TransportError
-from ._retry import Verdict, classify, next_delay
+from ._retry import Verdict, classify, is_testing, next_delay
 from ._settings import Settings
 from ._stats import Counters
 from ._targets import ChatId, ReadTarget
 
 log = logging.getLogger(__name__)
+
+_LATCHED = "not sent: LINE answered 401/403 recently (auth latch)"
 
 Key = tuple[int, int]
 """(LINE timestamp in ms, arrival sequence): the order of messages in a chat."""
@@ -136,10 +139,11 @@ class Ticket:
 class Engine:
     """Marks read targets on the event loop it was created on."""
 
-    def __init__(self, settings: Settings, credentials: Credentials) -> None:
+    def __init__(self, settings: Settings, credentials: Credentials, guard: ChannelGuard) -> None:
         # Must be built on its loop: on Python 3.9 asyncio primitives bind at creation.
         self._loop = asyncio.get_running_loop()
         self._settings = settings
+        self._guard = guard
         self._transport = Transport(
             credentials,
             request_timeout=settings.request_timeout,
@@ -147,11 +151,27 @@ class Engine:
         )
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._chats: OrderedDict[ChatId, _Chat] = OrderedDict()
+        self._seen_events: OrderedDict[str, Key] = OrderedDict()
         self._sequence = itertools.count()
         self._rng = random.Random(settings.jitter_seed)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self.counters = Counters()
+        self._shutdown_hook = self._close_with_loop()
+        _start_async_generator(self._shutdown_hook)
+
+    async def _close_with_loop(self) -> AsyncIterator[None]:
+        """Close when the event loop shuts down, for apps that never call ``aclose()``.
+
+        ``asyncio.run()`` and aiohttp's ``run_app`` finalize live async
+        generators before closing the loop: this one's ``finally`` releases the
+        HTTP session then, instead of aiohttp warning "Unclosed client session"
+        at exit.  The loop holds async generators weakly; the engine holds it.
+        """
+        try:
+            yield
+        finally:
+            await self.aclose(grace=0.0)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -191,8 +211,11 @@ class Engine:
             if target is None:
                 waiters.append(None)
                 continue
-            key = (target.timestamp, next(self._sequence))
             chat = self._chat(target.chat)
+            key = self._key_of(target)
+            if key is None:  # seen before, and already read or being marked
+                waiters.append(self._add_waiter(chat, self._seen_events[target.event_id]))  # type: ignore[index]  # seen
+                continue
             waiters.append(self._add_waiter(chat, key))
             if not self._settings.coalesce:
                 self._start(chat, key, target)
@@ -205,6 +228,29 @@ class Engine:
         for key, target in newest.values():
             self._start(self._chats[target.chat], key, target)
         return Ticket(self, tuple(waiters), deadline)
+
+    def _key_of(self, target: ReadTarget) -> Optional[Key]:
+        """The message's order key; ``None`` for a duplicate that needs no request.
+
+        A redelivered event (same ``webhookEventId``) keeps the key it had, so
+        the chat's watermark or the mark in progress covers it.  Only if its
+        first mark failed for good is it tried again.
+        """
+        event_id = target.event_id
+        if event_id is not None:
+            key = self._seen_events.get(event_id)
+            if key is not None:
+                self.counters.duplicates += 1
+                chat = self._chats[target.chat]
+                if chat.covers(key) or any(job.key >= key for job in chat.jobs):
+                    return None
+                return key
+        key = (target.timestamp, next(self._sequence))
+        if event_id is not None:
+            self._seen_events[event_id] = key
+            if len(self._seen_events) > self._settings.max_tracked_chats:
+                self._seen_events.popitem(last=False)
+        return key
 
     def _chat(self, chat_id: ChatId) -> _Chat:
         chat = self._chats.get(chat_id)
@@ -273,37 +319,33 @@ class Engine:
     # -- running one mark -------------------------------------------------
 
     async def _run(self, chat: _Chat, job: _Job) -> None:
-        settings = self._settings
-        give_up_at = self._loop.time() + settings.retry_deadline
-        attempt = 0
+        give_up_at = self._loop.time() + self._settings.retry_deadline
+        attempt = refund = 0
+        response: Optional[ApiResponse] = None
+        error = ""
         try:
             while True:
+                refusal = await self._clearance(chat, job, give_up_at, first=attempt == 0)
+                if refusal is not None:
+                    latched = refusal is _LATCHED
+                    self.counters.latched += latched and attempt == 0
+                    quiet = latched and attempt == 0
+                    self._on_failed(chat, job, attempt, response, error or refusal, quiet=quiet)
+                    return
                 attempt += 1
-                response: Optional[ApiResponse] = None
-                error = ""
-                async with self._slots:
-                    job.in_flight = job.sent = True
-                    self._note_sent(chat, job.key)
-                    _trace("sent", job, attempt=attempt)
-                    self.counters.requests += 1
-                    if attempt > 1:
-                        self.counters.retried += 1
-                    try:
-                        response = await self._transport.post(job.target)
-                    except TransportError as e:
-                        error = str(e)
-                    finally:
-                        job.in_flight = False
+                response, error, timed_out = await self._attempt(chat, job, attempt)
                 verdict = classify(response)
                 if verdict is Verdict.DONE:
+                    self._guard.record_success(refund)
                     self._on_marked(chat, job)
                     return
+                self._heed(job, response)
                 if job.superseded:
                     return
                 delay = None
                 if verdict is Verdict.RETRY:
-                    time_left = give_up_at - self._loop.time()
-                    delay = next_delay(attempt, response, settings, self._rng, time_left)
+                    delay, refund = self._retry_delay(attempt, response, timed_out, give_up_at)
+                    error = error or ("retry budget exhausted" if refund == 0 else "")
                 if delay is None:
                     self._on_failed(chat, job, attempt, response, error)
                     return
@@ -319,6 +361,64 @@ class Engine:
         finally:
             if job in chat.jobs:
                 chat.jobs.remove(job)
+
+    async def _clearance(
+        self, chat: _Chat, job: _Job, give_up_at: float, *, first: bool
+    ) -> Optional[str]:
+        """Wait out the channel's 429 pause; a reason not to send at all, or ``None`` to go."""
+        while True:
+            if self._guard.latched(job.target.endpoint):
+                return _LATCHED
+            if not first and self._loop.time() > give_up_at:  # a backoff sleep may end late
+                return "retry deadline passed"
+            pause = self._guard.pause_left()
+            if pause <= 0:
+                return None
+            if self._loop.time() + pause > give_up_at:
+                return "rate limited (429) beyond the retry deadline"
+            # Deferred by the pause: counts as sent, so wait_timeout may release the handler.
+            self._note_sent(chat, job.key)
+            await asyncio.sleep(0.0 if is_testing() else pause)
+
+    async def _attempt(
+        self, chat: _Chat, job: _Job, attempt: int
+    ) -> tuple[Optional[ApiResponse], str, bool]:
+        """One request: (LINE's answer or ``None``, what went wrong, whether it timed out)."""
+        async with self._slots:
+            job.in_flight = job.sent = True
+            self._note_sent(chat, job.key)
+            _trace("sent", job, attempt=attempt)
+            self.counters.requests += 1
+            self.counters.retried += attempt > 1
+            try:
+                return await self._transport.post(job.target), "", False
+            except TransportError as e:
+                return None, str(e), e.timeout
+            finally:
+                job.in_flight = False
+
+    def _heed(self, job: _Job, response: Optional[ApiResponse]) -> None:
+        """Let the whole channel learn from a 401, 403 or 429."""
+        if response is None:
+            return
+        if response.status in (401, 403):
+            self._guard.latch(job.target.endpoint, response.status)
+        elif response.status == 429:
+            self._guard.rate_limited(response.retry_after)
+
+    def _retry_delay(
+        self, attempt: int, response: Optional[ApiResponse], timed_out: bool, give_up_at: float
+    ) -> tuple[Optional[float], int]:
+        """(seconds before the next attempt or ``None`` to give up, budget tokens it cost)."""
+        time_left = give_up_at - self._loop.time()
+        delay = next_delay(attempt, response, self._settings, self._rng, time_left)
+        if delay is None:
+            return None, -1
+        cost = self._guard.spend_retry(after_timeout=timed_out)
+        if not cost:
+            self.counters.budget_exhausted += 1
+            return None, 0
+        return delay, cost
 
     def _note_sent(self, chat: _Chat, key: Key) -> None:
         for waiter in chat.waiters:
@@ -348,17 +448,22 @@ class Engine:
         attempts: int,
         response: Optional[ApiResponse],
         error: str,
+        *,
+        quiet: bool = False,
     ) -> None:
         self.counters.failed += 1
         failure = MarkFailure(
             chat=job.target.chat,
             endpoint=job.target.endpoint.value,
             status=response.status if response else None,
-            reason=(response.message or "") if response else error,
+            reason=error or (response.message or "" if response else ""),
             attempts=attempts,
             request_id=response.request_id if response else None,
         )
-        log.warning(
+        # During an auth latch the one ERROR already said what to fix; a WARNING
+        # per refused message would only bury it.
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "mark-as-read failed for %s after %d attempt(s): %s %s (x-line-request-id: %s)",
             failure.chat,
             failure.attempts,
@@ -424,6 +529,16 @@ class Engine:
                 waiter.release(Outcome.FAILED)
             chat.waiters.clear()
         await self._transport.aclose()
+
+
+def _start_async_generator(generator: AsyncIterator[None]) -> None:
+    """Run *generator* to its first ``yield`` now, which registers it with the running loop."""
+    step = generator.__anext__()
+    try:
+        step.send(None)  # type: ignore[attr-defined]  # the awaitable of an async generator
+    except StopIteration:
+        return
+    raise RuntimeError("the shutdown hook did not stop at its first yield")
 
 
 def _trace(what: str, job: _Job, **fields: object) -> None:

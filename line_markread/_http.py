@@ -37,6 +37,10 @@ class ApiResponse:
 class TransportError(Exception):
     """No HTTP answer: timeout, refused, reset or dropped connection."""
 
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
 
 @attrs.frozen
 class Credentials:
@@ -119,7 +123,7 @@ class Transport:
                     message=_error_message(body),
                 )
         except asyncio.TimeoutError:
-            raise TransportError("timed out") from None
+            raise TransportError("timed out", timeout=True) from None
         except aiohttp.ClientError as e:
             # str(e) of aiohttp's errors names the host and the cause, never headers.
             raise TransportError(f"{type(e).__name__}: {e}") from None

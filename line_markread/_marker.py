@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Optional, Union
 
 from ._engine import Engine, Outcome, Ticket
+from ._guard import ChannelGuard
 from ._http import Credentials
 from ._loop_thread import LoopThread
 from ._settings import Settings
@@ -46,6 +47,11 @@ class Marker:
     ) -> None:
         self._settings = Settings(**options)
         self._credentials = Credentials.from_arguments(access_token, configuration)
+        self._guard = ChannelGuard(
+            retry_budget=self._settings.retry_budget,
+            auth_cooldown=self._settings.auth_cooldown,
+            rate_limit_cooldown=self._settings.rate_limit_cooldown,
+        )
         self._lock = threading.Lock()
         self._engines: dict[asyncio.AbstractEventLoop, Engine] = {}
         self._counters: list[Counters] = []
@@ -155,12 +161,14 @@ class Marker:
             if engine is None or engine.closed:
                 for old_loop in [lp for lp in self._engines if lp.is_closed()]:
                     del self._engines[old_loop]
-                engine = self._engines[loop] = Engine(self._settings, self._credentials)
+                engine = self._engines[loop] = Engine(
+                    self._settings, self._credentials, self._guard
+                )
                 self._counters.append(engine.counters)
             return engine
 
     def tracked_chats(self) -> int:
-        """Chats whose state is in memory, over all event loops (each bounded by ``max_tracked_chats``)."""
+        """Chats whose state is held, over all event loops (each up to ``max_tracked_chats``)."""
         return sum(engine.tracked_chats() for engine in list(self._engines.values()))
 
     def stats(self) -> Stats:

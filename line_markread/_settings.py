@@ -38,6 +38,11 @@ def _positive_int(_: object, attribute: attrs.Attribute[Any], value: int) -> Non
         raise ValueError(f"{attribute.name} must be an integer >= 1, got {value!r}")
 
 
+def _non_negative_int(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{attribute.name} must be an integer >= 0, got {value!r}")
+
+
 def _bool(_: object, attribute: attrs.Attribute[Any], value: bool) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{attribute.name} must be True or False, got {value!r}")
@@ -90,6 +95,18 @@ class Settings:
     """One request per chat per body (the newest token marks all earlier
     messages), and a newer message supersedes an older one still retrying.
     ``False``: one request per event."""
+
+    retry_budget: int = attrs.field(default=500, validator=_non_negative_int)
+    """Retry quota per channel, in tokens: a retry costs 5 (10 after a timeout), a
+    first-try success gives 1 back (the AWS SDKs' standard mode).  A sustained
+    LINE outage therefore cannot multiply traffic; first attempts never wait for it."""
+
+    auth_cooldown: float = attrs.field(default=60.0, validator=_positive)
+    """After a 401 (token wrong: every endpoint) or a 403 (that endpoint), send
+    nothing there for this long (s): LINE would refuse it all the same."""
+
+    rate_limit_cooldown: float = attrs.field(default=1.0, validator=_non_negative)
+    """After a 429 without ``Retry-After``, pause the channel's requests this long (s)."""
 
     max_concurrency: int = attrs.field(default=32, validator=_positive_int)
     """Requests in flight at once, per event loop."""

@@ -29,6 +29,12 @@ class Stats:
     """Message events whose handler said ``mark_as_read=False`` (or whose policy raised)."""
     timed_out: int = 0
     """Handlers released by ``wait_timeout`` before their mark finished (marking went on)."""
+    budget_exhausted: int = 0
+    """Retries not made because the channel's retry budget was spent (the mark failed)."""
+    latched: int = 0
+    """Marks not sent at all because LINE answered 401/403 recently (the auth latch)."""
+    duplicates: int = 0
+    """Events seen before (same ``webhookEventId``, e.g. a redelivery): never sent twice."""
 
     def __add__(self, other: Stats) -> Stats:
         if not isinstance(other, Stats):
@@ -54,6 +60,9 @@ class Counters:
     skipped: int
     opted_out: int
     timed_out: int
+    budget_exhausted: int
+    latched: int
+    duplicates: int
 
     def __init__(self) -> None:
         for name in _FIELDS:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import attrs
 
@@ -47,6 +47,8 @@ class ReadTarget:
     endpoint: Endpoint
     value: str = attrs.field(repr=False)
     timestamp: int
+    event_id: Optional[str] = attrs.field(default=None, eq=False)
+    """The ``webhookEventId``: a redelivered event is recognised by it."""
 
     def payload(self) -> bytes:
         """The JSON request body for ``endpoint``."""
@@ -96,16 +98,18 @@ def read_target(  # noqa: PLR0911 - one early return per reason an event cannot 
     timestamp = raw.get("timestamp")
     if isinstance(timestamp, bool) or not isinstance(timestamp, int):
         timestamp = 0
+    event_id = raw.get("webhookEventId")
+    event_id = event_id if isinstance(event_id, str) and event_id else None
     message = raw.get("message")
     token = message.get("markAsReadToken") if isinstance(message, Mapping) else None
 
     if mode != "user" and isinstance(token, str) and token:
-        return ReadTarget(chat, Endpoint.TOKEN, token, timestamp)
+        return ReadTarget(chat, Endpoint.TOKEN, token, timestamp, event_id)
     if mode == "token":
         return Skip.NO_TOKEN
     if chat.kind != "user":
         return Skip.NOT_ONE_TO_ONE if mode == "user" else Skip.NO_TOKEN
-    return ReadTarget(chat, Endpoint.USER, chat.id, timestamp)
+    return ReadTarget(chat, Endpoint.USER, chat.id, timestamp, event_id)
 
 
 def raw_event(event: object) -> Mapping[str, Any]:
