@@ -38,3 +38,18 @@ def new_handler(fake: FakeLinePlatform, driver: Driver) -> Iterator[HandlerFacto
     for handler in made:
         if not handler.marker.closed:
             driver.close(handler)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="run the soak tests at full size (20,000 messages) instead of the CI size",
+    )
+
+
+@pytest.fixture
+def soak(request: pytest.FixtureRequest) -> bool:
+    """Whether the soak tests run at full size (``--soak``)."""
+    return bool(request.config.getoption("--soak"))
