@@ -55,6 +55,7 @@ exit status:
   4  the access token was rejected (401 or 403)
   5  network failure: LINE could not be reached (DNS, refused connection, timeout)
   6  unexpected response: another status, a body that is not bot info, a redirect
+  141  stdout was closed early (e.g. piped into head)
 
 The access token is never printed."""
 

@@ -8,6 +8,8 @@ the exit status instead of exiting, so tests (and other tools) can call it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Optional
@@ -16,11 +18,14 @@ from ._version import __version__
 
 PROG = "line-markread"
 DEFAULT_SEED = 7
+EXIT_BROKEN_PIPE = 141
+"""What a shell reports for a program killed by SIGPIPE, as ``cmd | head`` users expect."""
 
 DEMO_EPILOG = """\
 exit status:
   0  every guarantee held
   1  at least one guarantee did not hold (or the demo could not run)
+  141  stdout was closed early (e.g. piped into head)
 
 Runs on loopback only (a fake LINE platform and a real aiohttp bot); nothing
 to configure, nothing sent to LINE."""
@@ -91,14 +96,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and usage errors
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        # The reader left early (``| head``): not an error worth a traceback.
+        # Point stdout at devnull so the interpreter's final flush stays quiet.
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        with contextlib.suppress(OSError, ValueError):  # stdout may have no descriptor
+            os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return _demo(as_json=args.json, seed=args.seed)
-    if args.command == "check":
-        from ._check import run  # noqa: PLC0415
+    from ._check import run  # noqa: PLC0415
 
-        return run(access_token=args.access_token, host=args.host, as_json=args.json)
-    parser.print_help(sys.stderr)
-    return 2
+    return int(run(access_token=args.access_token, host=args.host, as_json=args.json))
 
 
 def _demo(*, as_json: bool, seed: int) -> int:
@@ -108,6 +132,8 @@ def _demo(*, as_json: bool, seed: int) -> int:
         return run(as_json=as_json, seed=seed)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise
     except Exception as e:  # the demo's verdict is its exit status: say why, don't trace back
         print(f"{PROG} demo: could not run: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

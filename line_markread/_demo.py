@@ -145,6 +145,7 @@ class Summary:
     checks_passed: int
     checks: int
     elapsed_ms: float
+    """From the first scene to the end of the run (setting up the fake and the bot excluded)."""
     version: str = __version__
 
     def to_json(self) -> dict[str, Any]:
@@ -855,7 +856,8 @@ def summary_line(s: Summary) -> str:
         f"(one per message would be {s.messages}); read before reply for "
         f"{s.read_before_reply} of {s.read_before_reply_due} replies "
         f"({s.replies - s.read_before_reply_due} exempt: opted out or token rejected); "
-        f"{s.checks_passed} of {s.checks} guarantees held; {s.elapsed_ms / 1000:.2f} s."
+        f"{s.checks_passed} of {s.checks} guarantees held; "
+        f"the conversation took {s.elapsed_ms:.0f} ms."
     )
 
 

@@ -329,3 +329,19 @@ def test_demo_that_cannot_run_exits_1_with_a_reason(
     out, err = capsys.readouterr()
     assert out == ""
     assert "could not run: OSError: no loopback today" in err
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    """``line-markread demo --json | head -1`` must not end in a BrokenPipeError."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "line_markread", "demo", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # long before the demo writes anything
+
+    _, err = process.communicate(timeout=60)
+
+    assert err == b""
+    assert process.returncode == 141
