@@ -470,7 +470,13 @@ class Engine:
             failure.status if failure.status is not None else "no response",
             failure.reason,
             failure.request_id,
-            extra={"markread_event": "failed", "markread_chat": str(failure.chat)},
+            extra={
+                "markread_event": "failed",
+                "markread_chat": str(failure.chat),
+                "markread_timestamp": job.target.timestamp,
+                "markread_attempt": failure.attempts,
+                "markread_status": failure.status,
+            },
         )
         others = [other for other in chat.jobs if other is not job]
         still_waiting = []
@@ -545,12 +551,17 @@ def _trace(what: str, job: _Job, **fields: object) -> None:
     """A DEBUG record per step of a mark, with structured ``extra`` for tools (the demo's timeline).
 
     Attributes on the record: ``markread_event`` (sent, retry, marked,
-    superseded, failed), ``markread_chat`` and ``markread_<field>`` for each
-    field; never the read token.
+    superseded, failed), ``markread_chat``, ``markread_timestamp`` (the
+    message's LINE timestamp) and ``markread_<field>`` for each field; never
+    the read token.
     """
     if not log.isEnabledFor(logging.DEBUG):
         return
-    extra: dict[str, object] = {"markread_event": what, "markread_chat": str(job.target.chat)}
+    extra: dict[str, object] = {
+        "markread_event": what,
+        "markread_chat": str(job.target.chat),
+        "markread_timestamp": job.target.timestamp,
+    }
     extra.update({f"markread_{name}": value for name, value in fields.items()})
     details = " ".join(f"{name}={value}" for name, value in fields.items())
     log.debug("mark-as-read %s: %s %s", what, job.target.chat, details, extra=extra)
