@@ -28,14 +28,17 @@ from typing import IO, Optional
 
 import pytest
 
-from line_markread.testing import FakeLinePlatform, Fault, sticker_event, text_event
-from line_markread.testing._fake_platform import REPLY_PATH, TOKEN_MARK_AS_READ_PATH
-from line_markread.testing._pytest_plugin import (
+from line_markread.testing import (
+    FakeLinePlatform,
+    Fault,
     SignedWebhook,
     WebhookFactory,
     assert_marked_before_replied,
     assert_not_marked,
+    sticker_event,
+    text_event,
 )
+from line_markread.testing._fake_platform import REPLY_PATH, TOKEN_MARK_AS_READ_PATH
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLES = ["flask_bot", "aiohttp_bot", "fastapi_bot", "parser_bot"]

@@ -28,8 +28,7 @@ import line_markread.aiohttp
 import line_markread.flask
 import line_markread.starlette
 from line_markread import Marker, WebhookHandler
-from line_markread.testing import FakeLinePlatform, sticker_event, text_event
-from line_markread.testing._pytest_plugin import WebhookFactory
+from line_markread.testing import FakeLinePlatform, WebhookFactory, sticker_event, text_event
 
 FRAMEWORKS = ("flask", "werkzeug", "fastapi", "starlette", "uvicorn", "waitress")
 

@@ -16,6 +16,12 @@ Nothing here talks to LINE.
 from __future__ import annotations
 
 from .._retry import set_testing
+from ._assertions import (
+    SignedWebhook,
+    WebhookFactory,
+    assert_marked_before_replied,
+    assert_not_marked,
+)
 from ._fake_platform import FakeLinePlatform, Fault, RecordedRequest
 from ._webhooks import (
     follow_event,
@@ -34,6 +40,10 @@ __all__ = [
     "FakeLinePlatform",
     "Fault",
     "RecordedRequest",
+    "SignedWebhook",
+    "WebhookFactory",
+    "assert_marked_before_replied",
+    "assert_not_marked",
     "follow_event",
     "image_event",
     "message_event",

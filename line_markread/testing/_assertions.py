@@ -1,0 +1,218 @@
+"""Checks of the ordering guarantee on a ``FakeLinePlatform``'s records, and signed webhooks.
+
+Plain functions raising ``AssertionError`` with a readable account of the
+requests, usable from any test runner; the pytest plugin builds its
+fixtures on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
+
+import attrs
+
+from ._fake_platform import (
+    MARK_AS_READ_PATHS,
+    REPLY_PATH,
+    TOKEN_MARK_AS_READ_PATH,
+    USER_MARK_AS_READ_PATH,
+    FakeLinePlatform,
+    RecordedRequest,
+)
+from ._webhooks import DEFAULT_DESTINATION, sign, webhook_body
+
+__all__ = [
+    "SignedWebhook",
+    "WebhookFactory",
+    "assert_marked_before_replied",
+    "assert_not_marked",
+]
+
+SIGNATURE_HEADER = "X-Line-Signature"
+
+Event = Mapping[str, Any]
+
+
+@attrs.frozen
+class SignedWebhook:
+    """A webhook request as LINE would send it: POST ``body`` with ``headers``."""
+
+    body: str
+    signature: str
+    events: tuple[Event, ...] = attrs.field(repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """``X-Line-Signature`` and ``Content-Type``, as LINE sends them."""
+        return {SIGNATURE_HEADER: self.signature, "Content-Type": "application/json"}
+
+
+class WebhookFactory:
+    """Makes signed webhook requests for one channel secret and remembers their events."""
+
+    def __init__(self, channel_secret: str) -> None:
+        self.channel_secret = channel_secret
+        self.events: list[Event] = []
+        """Every event signed so far, in order."""
+
+    def __repr__(self) -> str:
+        return f"<WebhookFactory events={len(self.events)}>"
+
+    def __call__(self, *events: Event, destination: str = DEFAULT_DESTINATION) -> SignedWebhook:
+        """A signed webhook carrying *events* in order (none: LINE's "Verify" request)."""
+        body = webhook_body(*events, destination=destination)
+        self.events.extend(events)
+        return SignedWebhook(body=body, signature=self.sign(body), events=tuple(events))
+
+    def sign(self, body: str | bytes) -> str:
+        """The ``X-Line-Signature`` of *body* under this channel secret."""
+        return sign(body, self.channel_secret)
+
+    def assert_marked_before_replied(
+        self, platform: FakeLinePlatform, *, replies: Optional[int] = None, timeout: float = 5.0
+    ) -> None:
+        """``assert_marked_before_replied`` over every event this factory signed."""
+        assert_marked_before_replied(platform, self.events, replies=replies, timeout=timeout)
+
+    def assert_not_marked(self, platform: FakeLinePlatform, *events: Event) -> None:
+        """``assert_not_marked`` for *events* (say, the ones your bot opts out of)."""
+        assert_not_marked(platform, events)
+
+
+# -- checks -------------------------------------------------------------------
+
+ChatKey = tuple[str, str]
+
+
+@attrs.frozen
+class _Message:
+    chat: ChatKey
+    user_id: Optional[str]
+    order: tuple[int, int]
+    token: Optional[str]
+    reply_token: Optional[str]
+    label: str
+
+
+def _chat(source: Mapping[str, Any]) -> Optional[ChatKey]:
+    for kind, key in (("group", "groupId"), ("room", "roomId"), ("user", "userId")):
+        if source.get("type") == kind and isinstance(source.get(key), str):
+            return kind, source[key]
+    return None
+
+
+def _messages(events: Iterable[Event]) -> list[_Message]:
+    found = []
+    for position, event in enumerate(events):
+        message = event.get("message")
+        source = event.get("source")
+        if event.get("type") != "message" or not isinstance(message, Mapping):
+            continue
+        if not isinstance(source, Mapping) or (chat := _chat(source)) is None:
+            continue
+        token = message.get("markAsReadToken")
+        reply_token = event.get("replyToken")
+        found.append(
+            _Message(
+                chat=chat,
+                user_id=source.get("userId") if chat[0] == "user" else None,
+                order=(int(event.get("timestamp", 0)), position),
+                token=token if isinstance(token, str) else None,
+                reply_token=reply_token if isinstance(reply_token, str) else None,
+                label=f"{message.get('type')} message {message.get('id')} in {chat[0]} {chat[1]}",
+            )
+        )
+    return found
+
+
+def _marked_up_to(
+    record: RecordedRequest, by_token: Mapping[str, _Message], message: _Message
+) -> bool:
+    """Whether *record* (a 200 mark) marked *message*'s chat read up to *message* or later."""
+    body = record.json if isinstance(record.json, Mapping) else {}
+    if record.path == TOKEN_MARK_AS_READ_PATH:
+        marked = by_token.get(body.get("markAsReadToken", ""))
+        return marked is not None and marked.chat == message.chat and marked.order >= message.order
+    if record.path == USER_MARK_AS_READ_PATH:
+        chat = body.get("chat")
+        return (
+            message.user_id is not None
+            and isinstance(chat, Mapping)
+            and chat.get("userId") == message.user_id
+        )
+    return False
+
+
+def assert_marked_before_replied(
+    platform: FakeLinePlatform,
+    events: Iterable[Event],
+    *,
+    replies: Optional[int] = None,
+    timeout: float = 5.0,
+) -> None:
+    """Assert that every reply to one of *events* came after LINE had marked it read.
+
+    For each reply request (``POST /v2/bot/message/reply``) to a message among
+    *events* (the webhook event dicts the bot received), the fake must have
+    answered ``200`` to a mark-as-read request for that message or a newer
+    one of the same chat (or, with the user-ID API, for that user) before
+    the reply arrived.  Fails if none of *events* got a reply, so a bot that
+    never replies does not pass by accident.  With *replies*, first waits (up
+    to *timeout* s) for that many reply requests, for bots that reply in the
+    background.
+    """
+    if replies is not None:
+        platform.wait_for_requests(replies, path=REPLY_PATH, timeout=timeout, completed=False)
+    messages = _messages(events)
+    by_reply = {m.reply_token: m for m in messages if m.reply_token is not None}
+    by_token = {m.token: m for m in messages if m.token is not None}
+    records = platform.requests
+    marks = [r for r in records if r.path in MARK_AS_READ_PATHS and r.status == 200]
+    checked = 0
+    problems = []
+    for reply in records:
+        body = reply.json if isinstance(reply.json, Mapping) else {}
+        if reply.path != REPLY_PATH or body.get("replyToken") not in by_reply:
+            continue
+        message = by_reply[body["replyToken"]]
+        checked += 1
+        covering = [m for m in marks if _marked_up_to(m, by_token, message)]
+        if not any(
+            m.responded_at is not None and m.responded_at <= reply.received_at for m in covering
+        ):
+            late = " (its mark was answered only after the reply)" if covering else ""
+            problems.append(f"replied to {message.label} before it was marked read{late}")
+    if checked == 0:
+        raise AssertionError(
+            f"no reply to any of the {len(messages)} message(s) given: nothing to check "
+            f"(requests seen: {_summary(records)})"
+        )
+    if problems:
+        raise AssertionError(
+            f"{len(problems)} of {checked} replies came before the message was marked read:\n  "
+            + "\n  ".join(problems)
+            + f"\nrequests seen: {_summary(records)}"
+        )
+
+
+def assert_not_marked(platform: FakeLinePlatform, events: Iterable[Event]) -> None:
+    """Assert that no mark-as-read request carried the read token of any of *events*.
+
+    For handlers that opt out (``mark_as_read=False``).  A newer message of the
+    same chat still marks these as read on LINE's side, as the API does.
+    """
+    tokens = {m.token: m for m in _messages(events) if m.token is not None}
+    sent = [
+        tokens[token]
+        for r in platform.mark_requests()
+        if isinstance(r.json, Mapping) and (token := r.json.get("markAsReadToken")) in tokens
+    ]
+    if sent:
+        raise AssertionError(
+            "mark-as-read requests were sent for: " + ", ".join(m.label for m in sent)
+        )
+
+
+def _summary(records: Iterable[RecordedRequest]) -> str:
+    return ", ".join(f"{r.method} {r.path} -> {r.status or r.outcome}" for r in records) or "none"
