@@ -172,6 +172,18 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         """Async twin of ``close()``."""
         await self._markread_marker.aclose(grace)
 
+    def __enter__(self) -> WebhookHandler:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> WebhookHandler:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
 
 _marking_classes: dict[type, type] = {}
 

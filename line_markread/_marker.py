@@ -207,6 +207,18 @@ class Marker:
         self._thread.stop()
         self._finalizer.detach()
 
+    def __enter__(self) -> Marker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Marker:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     async def aclose(self, grace: Optional[float] = None) -> None:
         """Async twin of ``close()``: drains and releases without blocking the loop."""
         running = asyncio.get_running_loop()

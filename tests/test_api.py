@@ -467,6 +467,27 @@ def test_the_marker_has_a_blocking_twin(fake: FakeLinePlatform) -> None:
     assert len(fake.marked_tokens()) == 2
 
 
+def test_handlers_and_markers_close_as_context_managers(fake: FakeLinePlatform) -> None:
+    with WebhookHandler(SECRET, configuration=fake.configuration()) as handler:
+        handler.add(MessageEvent, message=TextMessageContent)(lambda event: None)
+        handler.handle(*body_of(text_event(user_id="U1")))
+    with Marker(configuration=fake.configuration()) as marker:
+        marker.mark([text_event(user_id="U2")])
+    assert handler.marker.closed
+    assert marker.closed
+
+
+async def test_async_context_managers_close_on_the_running_loop(fake: FakeLinePlatform) -> None:
+    async with WebhookHandler(SECRET, configuration=fake.configuration()) as handler:
+        handler.add(MessageEvent, message=TextMessageContent)(lambda event: None)
+        await handler.handle_async(*body_of(text_event(user_id="U1")))
+    async with Marker(configuration=fake.configuration()) as marker:
+        await marker.amark([text_event(user_id="U2")])
+    assert handler.marker.closed
+    assert marker.closed
+    assert len(fake.marked_tokens()) == 2
+
+
 def test_closing_is_idempotent_and_final(fake: FakeLinePlatform) -> None:
     marker = Marker(configuration=fake.configuration())
     marker.mark([text_event(user_id="U1")])
