@@ -116,44 +116,63 @@ def table_lines(results: dict[str, Any], markdown: bool = False) -> list[str]:
         f"Machine: {m['cpu_count']} CPU ({m['cpu_model']}), {m['implementation']} "
         f"{m['python']}, {m['platform']}; {libs}"
     )
+    if markdown:
+        lines.append("")
     lines.append(
         f"Run: {results['mode']}, {results['config']['repetitions']} repetitions, "
         f"{results['duration_s']:.0f} s, load average at start {m['load_average_at_start']}"
     )
     for scenario in results["scenarios"].values():
-        lines.append("")
-        lines.append(f"{scenario['id']}: {scenario['title']}")
-        metrics: list[tuple[str, str, str]] = scenario["columns"]
-        extra: list[str] = scenario.get("extra_columns", [])
-        header = ["variant"]
-        for _, label, _ in metrics:
-            header += [f"{label} (median)", f"{label} (min - max)"]
-        header += extra
-        rows = [header]
-        for name, variant in scenario["variants"].items():
-            row = [name]
-            for key, _, unit in metrics:
-                entry = variant["metrics"].get(key)
-                if entry is None:
-                    row += ["-", "-"]
-                else:
-                    row += [_fmt(entry["median"], unit), _range(entry, unit)]
-            for column in extra:
-                value = variant["info"].get(column)
-                row.append("-" if value is None else _plain(value))
-            rows.append(row)
-        lines += _render(rows, markdown)
-        for name, value in scenario["ratios"].items():
-            lines.append(f"  ratio {name}: {_plain(value)}")
-        for t in scenario["targets"]:
-            verdict = {True: "MET", False: "MISSED", None: "n/a"}[t["met"]]
-            lines.append(
-                f"  target {t['name']} {t['op']} {_plain(t['threshold'])}: "
-                f"{_plain(t['value'])} -> {verdict}"
-            )
-        for note in scenario.get("notes", []):
-            lines.append(f"  note: {note}")
+        lines += _scenario_lines(scenario, markdown)
     return lines
+
+
+def _scenario_lines(scenario: dict[str, Any], markdown: bool) -> list[str]:
+    bullet = "- " if markdown else "  "
+    lines = [""]
+    heading = f"{scenario['id']}: {scenario['title']}"
+    lines.append(f"### {heading}" if markdown else heading)
+    if markdown:
+        lines.append("")
+    metrics: list[tuple[str, str, str]] = scenario["columns"]
+    extra: list[str] = scenario.get("extra_columns", [])
+    header = ["variant"]
+    for _, label, _ in metrics:
+        header += [f"{label} (median)", f"{label} (min - max)"]
+    header += extra
+    rows = [header]
+    rows += [_row(name, variant, metrics, extra) for name, variant in scenario["variants"].items()]
+    lines += _render(rows, markdown)
+    if markdown:
+        lines.append("")
+    for name, value in scenario["ratios"].items():
+        lines.append(f"{bullet}ratio {name}: {_plain(value)}")
+    for t in scenario["targets"]:
+        verdict = {True: "MET", False: "MISSED", None: "n/a"}[t["met"]]
+        if markdown:
+            verdict = f"**{verdict}**"
+        lines.append(
+            f"{bullet}target {t['name']} {t['op']} {_plain(t['threshold'])}: "
+            f"{_plain(t['value'])} -> {verdict}"
+        )
+    if scenario.get("load_average_after") is not None:
+        lines.append(f"{bullet}load average after: {scenario['load_average_after']}")
+    for note in scenario.get("notes", []):
+        lines.append(f"{bullet}note: {note}")
+    return lines
+
+
+def _row(
+    name: str, variant: dict[str, Any], metrics: list[tuple[str, str, str]], extra: list[str]
+) -> list[str]:
+    row = [name]
+    for key, _, unit in metrics:
+        entry = variant["metrics"].get(key)
+        row += ["-", "-"] if entry is None else [_fmt(entry["median"], unit), _range(entry, unit)]
+    for column in extra:
+        value = variant["info"].get(column)
+        row.append("-" if value is None else _plain(value))
+    return row
 
 
 def _plain(value: Any) -> str:

@@ -627,7 +627,7 @@ def scenario_memory(bench: Bench) -> dict[str, Any]:
 # -- main ----------------------------------------------------------------
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Config, str, bool]:
+def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Config, str, bool, Optional[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny counts, a few seconds")
     parser.add_argument("--repetitions", type=int, help="repetitions per scenario (5)")
@@ -647,6 +647,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Config, str, bool]
     parser.add_argument("--max-seconds", type=float, help="deadline of the whole run (900)")
     parser.add_argument("--output", default=os.path.join(HERE, "results.json"))
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument(
+        "--table-from", metavar="RESULTS_JSON", help="only print the table of an earlier run"
+    )
     args = parser.parse_args(argv)
     config = Config.smoke_config() if args.smoke else Config()
     changes: dict[str, Any] = {}
@@ -667,7 +670,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Config, str, bool]
                  "s5_parallel", "s6_messages", "s6_chats"):  # fmt: skip
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    return config, args.output, args.markdown
+    return config, args.output, args.markdown, args.table_from
 
 
 def run(config: Config) -> dict[str, Any]:
@@ -698,19 +701,29 @@ def run(config: Config) -> dict[str, Any]:
                 print(f"running {sid} ...", file=sys.stderr, flush=True)
                 results["scenarios"][sid] = steps[sid]()
                 results["scenarios"][sid]["duration_s"] = time.monotonic() - step_began
+                results["scenarios"][sid]["load_average_after"] = _load_average()
                 platform.reset()
         finally:
             bench.close()
     results["duration_s"] = time.monotonic() - began
-    try:
-        results["machine"]["load_average_at_end"] = list(os.getloadavg())
-    except OSError:
-        results["machine"]["load_average_at_end"] = None
+    results["machine"]["load_average_at_end"] = _load_average()
     return results
 
 
+def _load_average() -> Optional[list[float]]:
+    """1, 5 and 15 minute load averages: other work on a shared machine shows here."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    config, output, markdown = parse_args(argv)
+    config, output, markdown, table_from = parse_args(argv)
+    if table_from is not None:
+        with open(table_from) as f:
+            print("\n".join(table_lines(json.load(f), markdown=markdown)))
+        return 0
     results = run(config)
     with open(output, "w") as f:
         json.dump(results, f, indent=2)
