@@ -81,23 +81,30 @@ class MarkFailure:
 
 
 class _Waiter:
-    __slots__ = ("done", "key", "sent")
+    __slots__ = ("done", "expired", "key", "sent")
 
     def __init__(self, key: Key, loop: asyncio.AbstractEventLoop) -> None:
         self.key = key
         self.done: asyncio.Future[Outcome] = loop.create_future()
-        # Set once a request covering this message has gone out: a handler is
-        # never released by the timeout before that.
-        self.sent: asyncio.Future[None] = loop.create_future()
+        # Whether a request covering this message has gone out: the body's
+        # timeout never releases a handler before that.
+        self.sent = False
+        self.expired = False
 
     def release(self, outcome: Outcome) -> None:
         if not self.done.done():
             self.done.set_result(outcome)
-        self.mark_sent()
 
     def mark_sent(self) -> None:
-        if not self.sent.done():
-            self.sent.set_result(None)
+        self.sent = True
+        if self.expired:
+            self.release(Outcome.TIMED_OUT)
+
+    def expire(self) -> None:
+        """The body's ``wait_timeout`` is over: ``TIMED_OUT``, once the request is out."""
+        self.expired = True
+        if self.sent:
+            self.release(Outcome.TIMED_OUT)
 
 
 class _Job:
@@ -129,11 +136,14 @@ class _Chat:
 
 @attrs.frozen
 class Ticket:
-    """The waiters of one batch (a webhook body), in order, and its shared deadline."""
+    """The waiters of one batch (a webhook body), in order; ``None`` where nothing is marked."""
 
-    engine: Engine
     waiters: tuple[Optional[_Waiter], ...]
-    deadline: float
+
+    async def outcome(self, index: int) -> Outcome:
+        """Wait for event *index* (a waiter has one consumer: awaiting it directly is safe)."""
+        waiter = self.waiters[index]
+        return Outcome.SKIPPED if waiter is None else await waiter.done
 
 
 class Engine:
@@ -188,23 +198,20 @@ class Engine:
     # -- submitting -------------------------------------------------------
 
     def submit(
-        self,
-        targets: Sequence[Optional[ReadTarget]],
-        *,
-        skipped: int = 0,
-        opted_out: int = 0,
+        self, targets: Sequence[Optional[ReadTarget]], *, deadline: Optional[float] = None
     ) -> Ticket:
         """Start marking *targets* (one webhook body, in order); ``None`` is "nothing to mark".
 
-        All requests start before this returns control to the loop; the
-        returned ticket lets each caller wait for its own event.
+        All requests start before this returns control to the loop.  Each
+        waiter of the returned ticket settles with the event's ``Outcome``: at
+        the latest ``TIMED_OUT`` at *deadline* (loop time; default now plus
+        ``wait_timeout``), one timer for the whole body.
         """
         if self._closed:
-            raise RuntimeError("line_markread: the marker is closed")
+            raise RuntimeError("line_markread: this handler/marker is closed")
         counters = self.counters
-        counters.skipped += skipped
-        counters.opted_out += opted_out
-        deadline = self._loop.time() + self._settings.wait_timeout
+        if deadline is None:
+            deadline = self._loop.time() + self._settings.wait_timeout
         waiters: list[Optional[_Waiter]] = []
         newest: dict[ChatId, tuple[Key, ReadTarget]] = {}
         for target in targets:
@@ -227,7 +234,10 @@ class Engine:
                 newest[target.chat] = (key, target)
         for key, target in newest.values():
             self._start(self._chats[target.chat], key, target)
-        return Ticket(self, tuple(waiters), deadline)
+        pending = [w for w in waiters if w is not None and not w.done.done()]
+        if pending:
+            self._loop.call_at(deadline, _expire, pending)
+        return Ticket(tuple(waiters))
 
     def _key_of(self, target: ReadTarget) -> Optional[Key]:
         """The message's order key; ``None`` for a duplicate that needs no request.
@@ -494,21 +504,6 @@ class Engine:
 
     # -- waiting ----------------------------------------------------------
 
-    async def wait(self, waiter: _Waiter, deadline: float) -> Outcome:
-        """Wait for *waiter* until *deadline* (loop time), but not before its request went out."""
-        if not waiter.done.done():
-            remaining = deadline - self._loop.time()
-            if remaining > 0:
-                # asyncio.wait, not wait_for: a cancelled caller must not cancel the shared future.
-                await asyncio.wait((waiter.done,), timeout=remaining)
-            if not waiter.done.done():
-                if not waiter.sent.done():
-                    await asyncio.wait((waiter.sent,))
-                if not waiter.done.done():
-                    self.counters.timed_out += 1
-                    return Outcome.TIMED_OUT
-        return waiter.done.result()
-
     # -- closing ----------------------------------------------------------
 
     async def aclose(self, grace: Union[float, None] = None) -> None:
@@ -535,6 +530,11 @@ class Engine:
                 waiter.release(Outcome.FAILED)
             chat.waiters.clear()
         await self._transport.aclose()
+
+
+def _expire(waiters: list[_Waiter]) -> None:
+    for waiter in waiters:
+        waiter.expire()
 
 
 def _start_async_generator(generator: AsyncIterator[None]) -> None:

@@ -34,6 +34,10 @@ class ApiResponse:
     message: Optional[str] = None
 
 
+_OK = ApiResponse(200)
+"""Every success looks the same to the engine: no need to build one per request."""
+
+
 class TransportError(Exception):
     """No HTTP answer: timeout, refused, reset or dropped connection."""
 
@@ -113,8 +117,8 @@ class Transport:
         try:
             async with self._get_session().post(url, data=target.payload()) as response:
                 if response.status == 200:
-                    await response.read()
-                    return ApiResponse(200, response.headers.get("x-line-request-id"))
+                    await response.read()  # so the connection goes back to the pool
+                    return _OK
                 body = await response.content.read(_ERROR_BODY_LIMIT)
                 return ApiResponse(
                     status=response.status,

@@ -10,12 +10,16 @@ background loop thread (see ``_loop_thread``), so the two cannot drift.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional, Union
+
+import attrs
 
 from ._engine import Engine, Outcome, Ticket
 from ._guard import ChannelGuard
@@ -26,6 +30,48 @@ from ._stats import Counters, Stats
 from ._targets import ReadTarget, Skip, raw_event, read_target
 
 log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class BlockingTicket:
+    """A body handed to the background loop: one future per event (``None``: nothing to mark)."""
+
+    futures: tuple[Optional[concurrent.futures.Future[Outcome]], ...]
+
+
+def _submit_for(
+    engine: Engine,
+    targets: Sequence[Optional[ReadTarget]],
+    futures: tuple[Optional[concurrent.futures.Future[Outcome]], ...],
+    deadline: float,
+) -> None:
+    """On the loop thread: start the marks and pass each outcome on to the waiting thread."""
+    try:
+        ticket = engine.submit(targets, deadline=deadline)
+    except RuntimeError as e:  # closed between hand-over and now
+        log.warning("line_markread: a webhook body arrived while closing; not marked")
+        for future in futures:
+            if future is not None:
+                future.set_exception(e)
+        return
+    for waiter, future in zip(ticket.waiters, futures):
+        if waiter is not None and future is not None:
+            _chain(waiter.done, future)
+
+
+def _chain(source: asyncio.Future[Outcome], target: concurrent.futures.Future[Outcome]) -> None:
+    """Complete the thread-safe *target* with *source*'s result, now or when it settles."""
+
+    def copy(settled: asyncio.Future[Outcome]) -> None:
+        if settled.cancelled():
+            target.cancel()
+        else:
+            target.set_result(settled.result())
+
+    if source.done():
+        copy(source)
+    else:
+        source.add_done_callback(copy)
 
 
 class Marker:
@@ -55,6 +101,7 @@ class Marker:
         self._lock = threading.Lock()
         self._engines: dict[asyncio.AbstractEventLoop, Engine] = {}
         self._counters: list[Counters] = []
+        self._caller_counts = Counters()
         self._pid = os.getpid()
         self._closed = False
         self._thread = LoopThread()
@@ -106,10 +153,10 @@ class Marker:
                 targets.append(None)
             else:
                 targets.append(target)
-        ticket = self._engine().submit(targets, skipped=skipped)
+        ticket = await self.asubmit(targets, skipped=skipped)
         if not wait:
             return [Outcome.SKIPPED if w is None else Outcome.PENDING for w in ticket.waiters]
-        return [await self.await_event(ticket, index) for index in range(len(ticket.waiters))]
+        return [await self.await_event(ticket, index) for index in range(len(targets))]
 
     def mark(self, events: Iterable[Any], *, wait: bool = True) -> list[Outcome]:
         """Blocking twin of ``amark`` for synchronous code (it runs on a background loop)."""
@@ -122,29 +169,86 @@ class Marker:
         self, targets: Sequence[Optional[ReadTarget]], *, skipped: int = 0, opted_out: int = 0
     ) -> Ticket:
         """Start marking *targets* on the running loop (``None``: nothing to mark)."""
-        return self._engine().submit(targets, skipped=skipped, opted_out=opted_out)
+        self._count(skipped=skipped, opted_out=opted_out)
+        if not any(targets):
+            self._check_open()
+            return Ticket((None,) * len(targets))
+        return self._engine().submit(targets)
+
+    async def await_event(self, ticket: Ticket, index: int) -> Outcome:
+        """Wait for the mark of event *index* (at most until the body's ``wait_timeout``)."""
+        outcome = await ticket.outcome(index)
+        if outcome is Outcome.TIMED_OUT:
+            self._count(timed_out=1)
+        return outcome
 
     def submit(
         self, targets: Sequence[Optional[ReadTarget]], *, skipped: int = 0, opted_out: int = 0
-    ) -> Ticket:
-        """Blocking twin of ``asubmit``, on the background loop."""
-        return self._thread.run(self.asubmit(targets, skipped=skipped, opted_out=opted_out))
+    ) -> BlockingTicket:
+        """``asubmit`` for threads: hands the body to the background loop without waiting.
 
-    async def await_event(self, ticket: Ticket, index: int) -> Outcome:
-        """Wait for the mark of event *index* of *ticket*, bounded by the ticket's deadline."""
-        waiter = ticket.waiters[index]
-        if waiter is None:
-            return Outcome.SKIPPED
-        return await ticket.engine.wait(waiter, ticket.deadline)
+        One wake-up of the loop thread to start the marks and one of the
+        caller per event it waits for: the least a thread hop allows.
+        """
+        self._count(skipped=skipped, opted_out=opted_out)
+        self._check_open()
+        if not any(targets):
+            return BlockingTicket((None,) * len(targets))
+        if self._thread.is_running_here():
+            raise RuntimeError("line_markread: handle() called on the plugin's own loop thread")
+        futures: tuple[Optional[concurrent.futures.Future[Outcome]], ...] = tuple(
+            None if t is None else concurrent.futures.Future() for t in targets
+        )
+        # The background loop is asyncio's default loop, whose clock is time.monotonic().
+        deadline = time.monotonic() + self._settings.wait_timeout
+        engine = self._background_engine()
+        engine.loop.call_soon_threadsafe(_submit_for, engine, targets, futures, deadline)
+        return BlockingTicket(futures)
 
-    def wait_event(self, ticket: Ticket, index: int) -> Outcome:
+    def _background_engine(self) -> Engine:
+        """The loop thread's engine, made there on first use (one round trip, once).
+
+        Holding it here means a body handed over just before ``close()`` is
+        still submitted: ``close()`` queues the engine's drain behind it.
+        """
+        loop = self._thread.loop()
+        with self._lock:
+            engine = self._engines.get(loop)
+        if engine is None or engine.closed:
+            engine = self._thread.run(self._aengine())
+        return engine
+
+    async def _aengine(self) -> Engine:
+        return self._engine()
+
+    def wait_event(self, ticket: BlockingTicket, index: int) -> Outcome:
         """Blocking twin of ``await_event``."""
-        waiter = ticket.waiters[index]
-        if waiter is None:
+        future = ticket.futures[index]
+        if future is None:
             return Outcome.SKIPPED
-        if waiter.done.done():  # already settled: no trip to the loop thread
-            return waiter.done.result()
-        return self._thread.run(ticket.engine.wait(waiter, ticket.deadline))
+        # The loop settles every waiter by the deadline (or once its request is
+        # out); the extra bound only guards against a loop that died.
+        s = self._settings
+        try:
+            outcome = future.result(timeout=s.wait_timeout + s.retry_deadline + s.request_timeout)
+        except concurrent.futures.TimeoutError:
+            log.warning("line_markread: no outcome from the background loop; handler released")
+            outcome = Outcome.TIMED_OUT
+        if outcome is Outcome.TIMED_OUT:
+            self._count(timed_out=1)
+        return outcome
+
+    def _count(self, *, skipped: int = 0, opted_out: int = 0, timed_out: int = 0) -> None:
+        """Counts made in the caller's thread (engines count on their own loop)."""
+        if skipped or opted_out or timed_out:
+            with self._lock:
+                self._caller_counts.skipped += skipped
+                self._caller_counts.opted_out += opted_out
+                self._caller_counts.timed_out += timed_out
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("line_markread: this handler/marker is closed")
 
     # -- engines ----------------------------------------------------------
 
@@ -173,7 +277,8 @@ class Marker:
 
     def stats(self) -> Stats:
         """A snapshot of counters over every event loop this marker has used."""
-        total = Stats()
+        with self._lock:
+            total = self._caller_counts.snapshot()
         for counters in list(self._counters):
             total += counters.snapshot()
         return total
