@@ -213,17 +213,16 @@ class Engine:
         if deadline is None:
             deadline = self._loop.time() + self._settings.wait_timeout
         waiters: list[Optional[_Waiter]] = []
-        newest: dict[ChatId, tuple[Key, ReadTarget]] = {}
+        newest: dict[ChatId, tuple[Key, ReadTarget, _Chat]] = {}
         for target in targets:
             if target is None:
                 waiters.append(None)
                 continue
             chat = self._chat(target.chat)
-            key = self._key_of(target)
-            if key is None:  # seen before, and already read or being marked
-                waiters.append(self._add_waiter(chat, self._seen_events[target.event_id]))  # type: ignore[index]  # seen
-                continue
+            key, needs_request = self._key_of(target, chat)
             waiters.append(self._add_waiter(chat, key))
+            if not needs_request:  # a duplicate, already read or being marked
+                continue
             if not self._settings.coalesce:
                 self._start(chat, key, target)
                 continue
@@ -231,16 +230,17 @@ class Engine:
             if previous is not None:
                 counters.coalesced += 1
             if previous is None or key > previous[0]:
-                newest[target.chat] = (key, target)
-        for key, target in newest.values():
-            self._start(self._chats[target.chat], key, target)
+                newest[target.chat] = (key, target, chat)
+        # Chats are held here, not looked up again: an idle one may be forgotten meanwhile.
+        for key, target, chat in newest.values():
+            self._start(chat, key, target)
         pending = [w for w in waiters if w is not None and not w.done.done()]
         if pending:
             self._loop.call_at(deadline, _expire, pending)
         return Ticket(tuple(waiters))
 
-    def _key_of(self, target: ReadTarget) -> Optional[Key]:
-        """The message's order key; ``None`` for a duplicate that needs no request.
+    def _key_of(self, target: ReadTarget, chat: _Chat) -> tuple[Key, bool]:
+        """The message's order key, and whether it may need a request.
 
         A redelivered event (same ``webhookEventId``) keeps the key it had, so
         the chat's watermark or the mark in progress covers it.  Only if its
@@ -251,28 +251,27 @@ class Engine:
             key = self._seen_events.get(event_id)
             if key is not None:
                 self.counters.duplicates += 1
-                chat = self._chats[target.chat]
-                if chat.covers(key) or any(job.key >= key for job in chat.jobs):
-                    return None
-                return key
+                covered = chat.covers(key) or any(job.key >= key for job in chat.jobs)
+                return key, not covered
         key = (target.timestamp, next(self._sequence))
         if event_id is not None:
             self._seen_events[event_id] = key
             if len(self._seen_events) > self._settings.max_tracked_chats:
                 self._seen_events.popitem(last=False)
-        return key
+        return key, True
 
     def _chat(self, chat_id: ChatId) -> _Chat:
         chat = self._chats.get(chat_id)
         if chat is not None:
             self._chats.move_to_end(chat_id)
             return chat
-        chat = self._chats[chat_id] = _Chat()
         self._forget_idle_chats()
+        chat = self._chats[chat_id] = _Chat()
         return chat
 
     def _forget_idle_chats(self) -> None:
-        excess = len(self._chats) - self._settings.max_tracked_chats
+        """Make room for one more chat, if idle chats allow."""
+        excess = len(self._chats) + 1 - self._settings.max_tracked_chats
         if excess <= 0:
             return
         # Least recently used first; busy chats stay (their state is in use) and

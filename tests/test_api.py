@@ -381,6 +381,23 @@ def test_per_chat_state_is_bounded(
     assert len(fake.marked_tokens()) == 50
 
 
+def test_forgetting_chats_mid_body_loses_nothing(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    # One chat of memory: the already-read chat A goes idle inside the second
+    # body and is forgotten to make room for B, while that body still holds it.
+    handler = new_handler(max_tracked_chats=1)
+    handler.add(MessageEvent, message=TextMessageContent)(lambda event: None)
+    newer_a = text_event(user_id="UA", timestamp=2_000)
+    older_a, b = text_event(user_id="UA", timestamp=1_000), text_event(user_id="UB")
+
+    driver.handle(handler, *body_of(newer_a))
+    driver.handle(handler, *body_of(older_a, b))
+
+    assert sent_tokens(fake) == [token_of(newer_a), token_of(b)]
+    assert handler.stats().already_read == 1
+
+
 # -- stats, manual marking, the functional marker -------------------------------
 
 
