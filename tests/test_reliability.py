@@ -105,6 +105,56 @@ def test_a_403_latches_only_the_endpoint_that_refused(
     assert handler.stats().latched == 2
 
 
+def test_exhausted_attempts_log_one_warning_with_status_and_request_id(
+    fake: FakeLinePlatform,
+    driver: Driver,
+    new_handler: HandlerFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ran: list[str] = []
+    handler = texts(new_handler(max_attempts=3, **FAST_RETRIES), ran)
+    fake.script(TOKEN_PATH, 503, 503, 503)
+
+    with caplog.at_level(logging.WARNING, logger="line_markread"):
+        driver.handle(handler, *body_of(text_event("x", user_id="U1")))
+
+    (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    last = fake.mark_requests()[-1]
+    assert "503" in warning.getMessage()
+    assert last.request_id in warning.getMessage()
+    assert ran == ["x"]
+
+
+def test_an_endpoint_that_hangs_releases_the_handler_and_gives_up_by_the_deadline(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    ran: list[str] = []
+    handler = texts(
+        new_handler(
+            wait_timeout=0.2,
+            request_timeout=0.2,
+            retry_deadline=1.0,
+            max_attempts=100,
+            **FAST_RETRIES,
+        ),
+        ran,
+    )
+    fake.script(TOKEN_PATH, *[Fault.hang()] * 100)
+
+    began = time.monotonic()
+    driver.handle(handler, *body_of(text_event("x", user_id="U1")))
+    released = time.monotonic() - began
+    driver.close(handler, 10.0)  # returns once the mark has given up
+    gave_up = time.monotonic() - began
+
+    assert ran == ["x"]
+    assert released < 1.0  # wait_timeout (0.2 s), not the retry deadline
+    assert handler.stats().failed == 1
+    assert handler.stats().timed_out == 1
+    # No attempt starts after 1 s; the last one may take its 0.2 s timeout.
+    assert gave_up < 1.0 + 0.2 + 1.0
+
+
 # -- the retry budget ----------------------------------------------------------
 
 
