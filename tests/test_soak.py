@@ -1,0 +1,378 @@
+"""Soak: thousands of messages over many chats, with injected 503s and timeouts, on both paths.
+
+Each test plays a seeded plan through one ``WebhookHandler`` against the fake
+platform: chats are split into *lanes*; a lane sends its bodies one after
+another (so each chat's messages arrive in order), all lanes run at once (so
+bodies of different chats are concurrent).  A body carries 1-5 messages of at
+most two chats of its lane.  About 10% of the messages are opted out by a
+``mark_as_read`` policy.  The token endpoint is pre-scripted, from the same
+seed, with ~5% 503s and ~1% hangs (a timeout at ``request_timeout``).
+
+The plan runs in two phases over disjoint halves of the chats, with
+``max_tracked_chats`` below a phase's chat count: after phase 1 the engine
+holds as many chats as it ever will, so its retained memory (tracemalloc,
+allocations made by the package itself) must stay flat in phase 2.
+
+Plain ``pytest`` (``make test``) runs them at CI size; ``pytest --soak``
+at full size (20,000 messages over 2,000 chats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import random
+import time
+import tracemalloc
+from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import pytest
+from linebot.v3.webhooks import MessageEvent, TextMessageContent
+
+from line_markread import MarkFailure, Stats, WebhookHandler
+from line_markread.testing import (
+    FakeLinePlatform,
+    Fault,
+    set_testing,
+    signed_body,
+    text_event,
+)
+
+from .support import SECRET
+
+TOKEN_PATH = "/v2/bot/chat/markAsRead"
+
+RETRY_COST = 5
+"""What the cheapest retry costs in the retry budget (``_guard.RETRY_COST``)."""
+
+MEMORY_FACTOR = 1.3
+"""Phase 2 may retain at most this much more than phase 1: growth per chat would double it."""
+MEMORY_SLACK = 64 * 1024
+"""Bytes of noise (allocator, interned strings) allowed on top of the factor."""
+WAIT_TIMEOUT = 1.0
+"""The default: far above a mark here (a hang costs 0.2 s), so handlers wait for their marks."""
+PHASE_LIMIT = 300.0
+"""Seconds a phase may take (it needs a few at CI size): a handler stuck by a bug fails the
+test instead of hanging the suite."""
+
+
+@dataclass(frozen=True)
+class Size:
+    messages: int
+    chats: int
+    lanes: int
+    """Bodies in flight at once (async: concurrent tasks; sync: threads)."""
+    max_tracked_chats: int
+    """Below a phase's chat count (chats // 2) so chats are forgotten, yet well above the
+    chats busy at once (at most 2 per lane) so eviction always finds idle ones."""
+
+
+ASYNC_SIZE = {False: Size(2_000, 200, 20, 60), True: Size(20_000, 2_000, 100, 400)}
+SYNC_SIZE = {False: Size(1_200, 200, 16, 60), True: Size(20_000, 2_000, 16, 400)}
+
+
+@dataclass(frozen=True)
+class Message:
+    chat: int
+    seq: int
+    """Position in its chat: 0, 1, 2, ... (its timestamp grows with it)."""
+    opted_in: bool
+
+    @property
+    def token(self) -> str:
+        return f"soak-{self.chat}-{self.seq}"
+
+    def event(self) -> dict[str, Any]:
+        return text_event(
+            f"{'o' if self.opted_in else 'x'}{self.chat}:{self.seq}",
+            user_id=f"U{self.chat:032d}",
+            token=self.token,
+            timestamp=1_700_000_000_000 + 1_000 * self.seq,
+        )
+
+
+Body = tuple[str, str]
+
+
+@dataclass
+class Plan:
+    """What to send (per phase, per lane, the signed bodies) and what the platform answers."""
+
+    messages: list[Message] = field(default_factory=list)
+    phases: list[list[list[Body]]] = field(default_factory=list)
+    faults: list[Union[int, Fault]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, size: Size, seed: int) -> Plan:
+        rng = random.Random(seed)
+        plan = cls()
+        half = size.chats // 2
+        for first_chat in (0, half):
+            chats = range(first_chat, first_chat + half)
+            counts = dict.fromkeys(chats, 1)
+            for _ in range(size.messages // 2 - half):
+                counts[rng.choice(chats)] += 1
+            lanes: list[list[Body]] = []
+            for lane in range(size.lanes):
+                queues = {
+                    chat: [Message(chat, seq, rng.random() >= 0.1) for seq in range(counts[chat])]
+                    for chat in chats[lane :: size.lanes]
+                }
+                for queue in queues.values():
+                    plan.messages.extend(queue)
+                lanes.append([signed_body(*b, channel_secret=SECRET) for b in _bodies(rng, queues)])
+            plan.phases.append(lanes)
+        for _ in range(len(plan.messages)):  # more answers than requests: faults all along
+            draw = rng.random()
+            plan.faults.append(503 if draw < 0.05 else Fault.hang() if draw < 0.06 else 200)
+        return plan
+
+    def newest_opted_in(self) -> dict[int, Message]:
+        newest: dict[int, Message] = {}
+        for message in self.messages:
+            if message.opted_in and message.seq >= newest.get(message.chat, message).seq:
+                newest[message.chat] = message
+        return newest
+
+
+def _bodies(rng: random.Random, queues: dict[int, list[Message]]) -> Iterator[list[dict[str, Any]]]:
+    """Interleave the chats' messages (each chat in order) into bodies of 1-5 from <= 2 chats."""
+    stream: list[Message] = []
+    heads = dict.fromkeys(queues, 0)
+    while heads:
+        chat = rng.choice(sorted(heads))
+        stream.append(queues[chat][heads[chat]])
+        heads[chat] += 1
+        if heads[chat] == len(queues[chat]):
+            del heads[chat]
+    i = 0
+    while i < len(stream):
+        body: list[Message] = []
+        limit = rng.randint(1, 5)
+        while i < len(stream) and len(body) < limit:
+            if len({m.chat for m in body} | {stream[i].chat}) > 2:
+                break
+            body.append(stream[i])
+            i += 1
+        yield [m.event() for m in body]
+
+
+@dataclass
+class Run:
+    """What happened: handler starts, failures reported, memory and state after each phase."""
+
+    started: list[tuple[int, int, float]] = field(default_factory=list)
+    """(chat, seq, monotonic start) per handler call, in call order."""
+    failed_chats: set[str] = field(default_factory=set)
+    retained: list[int] = field(default_factory=list)
+    tracked: list[int] = field(default_factory=list)
+
+
+def soak_handler(fake: FakeLinePlatform, size: Size, run: Run) -> WebhookHandler:
+    def failed(failure: MarkFailure) -> None:
+        run.failed_chats.add(failure.chat.id)
+
+    handler = WebhookHandler(
+        SECRET,
+        configuration=fake.configuration(),
+        wait_timeout=WAIT_TIMEOUT,
+        request_timeout=0.2,
+        max_tracked_chats=size.max_tracked_chats,
+        on_failure=failed,
+        jitter_seed=1,
+    )
+
+    @handler.add(
+        MessageEvent,
+        message=TextMessageContent,
+        mark_as_read=lambda event: event.message.text[0] == "o",
+    )
+    def on_text(event: Any) -> None:
+        # Only ints and a float made here: nothing of the body is kept (the memory check).
+        chat, seq = event.message.text[1:].split(":")
+        run.started.append((int(chat), int(seq), time.monotonic()))
+
+    return handler
+
+
+def retained_by_package() -> int:
+    """Bytes still allocated by line_markread's own code (its test kit excluded)."""
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        (
+            tracemalloc.Filter(True, "*/line_markread/*"),
+            tracemalloc.Filter(False, "*/line_markread/testing/*"),
+        )
+    )
+    return sum(stat.size for stat in snapshot.statistics("filename"))
+
+
+def end_of_phase(handler: WebhookHandler, run: Run) -> None:
+    """Record the state and memory of a quiet engine.
+
+    Callers first let ``wait_timeout`` pass: each body's timer holds its waiters until its
+    deadline, settled or not, which is memory bounded by time, not by chats.
+    """
+    run.tracked.append(handler.marker.tracked_chats())
+    run.retained.append(retained_by_package())
+
+
+@pytest.fixture
+def no_backoff() -> Iterator[None]:
+    set_testing(True)
+    try:
+        yield
+    finally:
+        set_testing(False)
+
+
+# -- the checks, shared by both paths ---------------------------------------------
+
+
+def check(
+    plan: Plan,
+    run: Run,
+    size: Size,
+    *,
+    stats: Stats,
+    fake: FakeLinePlatform,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    requests, marked = fake.mark_requests(), fake.marked_tokens()
+    tokens_of = [r.json["markAsReadToken"] if isinstance(r.json, dict) else None for r in requests]
+    statuses = [r.status for r in requests]
+    assert 503 in statuses, "the 503s were injected"
+    assert any(r.outcome == "abandoned" for r in requests), "the hangs timed out"
+
+    # Every handler ran exactly once, and each chat's in order.
+    by_chat: dict[int, list[int]] = defaultdict(list)
+    for chat, seq, _ in run.started:
+        by_chat[chat].append(seq)
+    expected: dict[int, list[int]] = defaultdict(list)
+    for message in plan.messages:
+        expected[message.chat].append(message.seq)
+    assert len(run.started) == len(plan.messages)
+    assert by_chat == expected
+
+    # Opted-out messages were never sent.
+    opted_out = {m.token for m in plan.messages if not m.opted_in}
+    assert not opted_out & set(tokens_of)
+
+    # Every chat's newest opted-in token ended marked.
+    marked_set = set(marked)
+    unmarked = [m for m in plan.newest_opted_in().values() if m.token not in marked_set]
+    assert unmarked == []
+
+    # Each opted-in handler started after LINE answered 200 for its token or a newer one
+    # of its chat, unless released by wait_timeout or by a failure reported for its chat.
+    answered: dict[int, list[tuple[float, int]]] = defaultdict(list)
+    for request, token in zip(requests, tokens_of):
+        if request.status == 200 and request.responded_at is not None and token:
+            _, chat, seq = token.split("-")
+            answered[int(chat)].append((request.responded_at, int(seq)))
+    opted_in = {(m.chat, m.seq) for m in plan.messages if m.opted_in}
+    early = [
+        (chat, seq)
+        for chat, seq, started in run.started
+        if (chat, seq) in opted_in
+        and f"U{chat:032d}" not in run.failed_chats
+        and not any(at <= started and newer >= seq for at, newer in answered[chat])
+    ]
+    assert len(early) <= stats.timed_out
+
+    # Within the retry budget.  Tokens only go down by retries (>= RETRY_COST each) and
+    # up by refunds: 1 per first-try success, and a success after retries refunds its
+    # last retry.  The balance starts at the capacity and never goes below 0, so
+    #     RETRY_COST * (retries - successes after retries) <= capacity + first-try successes
+    # Counted from the platform's records (a token is one mark here: every token is sent
+    # by one job), which can only over-count successes, never under-count them.
+    attempts: dict[str, list[Union[int, None]]] = defaultdict(list)
+    for request, token in zip(requests, tokens_of):
+        if token:
+            attempts[token].append(request.status)
+    first_try = sum(tries == [200] for tries in attempts.values())
+    after_retries = sum(len(tries) > 1 and 200 in tries for tries in attempts.values())
+    capacity = 500  # the default retry_budget
+    assert stats.retried <= capacity / RETRY_COST + first_try / RETRY_COST + after_retries
+    assert stats.budget_exhausted == 0  # 6% faults never drain a 500-token budget
+
+    # Per-chat state stayed bounded, and memory flat from N chats to 2N chats.
+    assert max(run.tracked) <= size.max_tracked_chats
+    phase1, phase2 = run.retained
+    assert phase2 <= phase1 * MEMORY_FACTOR + MEMORY_SLACK, run.retained
+
+    # No ERROR, and a WARNING only per mark that failed for good (none expected).
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(problems) == stats.failed, [r.getMessage() for r in problems]
+
+
+# -- the soaks ------------------------------------------------------------------
+
+
+@pytest.mark.soak
+@pytest.mark.usefixtures("no_backoff")
+async def test_soak_handle_async(
+    fake: FakeLinePlatform, soak: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    size = ASYNC_SIZE[soak]
+    plan = Plan.build(size, seed=5)
+    fake.script(TOKEN_PATH, *plan.faults)
+    run = Run()
+    handler = soak_handler(fake, size, run)
+
+    async def lane(bodies: list[Body]) -> None:
+        for body, signature in bodies:
+            await handler.handle_async(body, signature)
+
+    caplog.set_level(logging.WARNING, logger="line_markread")
+    tracemalloc.start()
+    try:
+        for lanes in plan.phases:
+            await asyncio.wait_for(asyncio.gather(*map(lane, lanes)), PHASE_LIMIT)
+            await asyncio.sleep(WAIT_TIMEOUT)  # every body's deadline timer has fired after it
+            end_of_phase(handler, run)
+    finally:
+        tracemalloc.stop()
+        await handler.aclose(grace=30.0)
+
+    check(plan, run, size, stats=handler.stats(), fake=fake, caplog=caplog)
+
+
+@pytest.mark.soak
+@pytest.mark.usefixtures("no_backoff")
+def test_soak_handle_from_16_threads(
+    fake: FakeLinePlatform, soak: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    size = SYNC_SIZE[soak]
+    plan = Plan.build(size, seed=16)
+    fake.script(TOKEN_PATH, *plan.faults)
+    run = Run()
+    handler = soak_handler(fake, size, run)
+
+    def lane(bodies: list[Body]) -> None:
+        for body, signature in bodies:
+            handler.handle(body, signature)
+
+    caplog.set_level(logging.WARNING, logger="line_markread")
+    tracemalloc.start()
+    try:
+        with ThreadPoolExecutor(max_workers=16) as threads:
+            try:
+                for lanes in plan.phases:
+                    for done in [threads.submit(lane, bodies) for bodies in lanes]:
+                        done.result(timeout=PHASE_LIMIT)
+                    time.sleep(WAIT_TIMEOUT)  # every body's deadline is past ...
+                    handler.marker.mark([])  # ... and two trips through the loop thread
+                    handler.marker.mark([])  # run every timer that was due by then
+                    end_of_phase(handler, run)
+            finally:
+                handler.close(grace=30.0)  # also releases threads stuck by a bug
+    finally:
+        tracemalloc.stop()
+
+    check(plan, run, size, stats=handler.stats(), fake=fake, caplog=caplog)
