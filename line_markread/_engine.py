@@ -350,7 +350,11 @@ class Engine:
                     return
                 self._heed(job, response)
                 if job.superseded:
-                    return
+                    if chat.covers(job.key) or any(o.key > job.key for o in chat.jobs):
+                        return
+                    # The mark that took over failed for good: this older one may
+                    # still succeed, and its waiters count on it.
+                    job.superseded = False
                 delay = None
                 if verdict is Verdict.RETRY:
                     delay, refund = self._retry_delay(attempt, response, timed_out, give_up_at)
@@ -551,8 +555,8 @@ def _trace(what: str, job: _Job, **fields: object) -> None:
 
     Attributes on the record: ``markread_event`` (sent, retry, marked,
     superseded, failed), ``markread_chat``, ``markread_timestamp`` (the
-    message's LINE timestamp) and ``markread_<field>`` for each field; never
-    the read token.
+    message's LINE timestamp), ``markread_event_id`` (its ``webhookEventId``)
+    and ``markread_<field>`` for each field; never the read token.
     """
     if not log.isEnabledFor(logging.DEBUG):
         return
@@ -560,6 +564,7 @@ def _trace(what: str, job: _Job, **fields: object) -> None:
         "markread_event": what,
         "markread_chat": str(job.target.chat),
         "markread_timestamp": job.target.timestamp,
+        "markread_event_id": job.target.event_id,
     }
     extra.update({f"markread_{name}": value for name, value in fields.items()})
     details = " ".join(f"{name}={value}" for name, value in fields.items())

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional, Union
-from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,8 +38,6 @@ from hypothesis import strategies as st
 from linebot.v3.webhooks import MessageEvent, TextMessageContent
 
 from line_markread import WebhookHandler
-from line_markread._http import ApiResponse, Transport
-from line_markread._targets import ReadTarget
 from line_markread.testing import FakeLinePlatform, Fault, set_testing, signed_body, text_event
 
 from .support import SECRET
@@ -73,12 +71,17 @@ class Msg:
     def user_id(self) -> str:
         return f"Uprop{self.chat}"
 
+    @property
+    def event_id(self) -> str:
+        return f"01PROP{self.body:08d}{self.pos:012d}"
+
     def event(self) -> dict[str, Any]:
         return text_event(
             f"{'o' if self.opted_in else 'x'}{self.chat}",
             user_id=self.user_id,
             token=self.token,
             timestamp=1_700_000_000_000 + self.ts,
+            webhook_event_id=self.event_id,
         )
 
 
@@ -134,37 +137,51 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 
 @dataclass
 class Posted:
-    """One call of the engine's transport, in the order the engine made them."""
+    """One request the engine started, or one 200 it got, in the order the engine saw them."""
 
     token: str
     status: Optional[int]
-    """``None`` on the call itself; LINE's status (or ``None``: no answer) on its return."""
+    """``None`` for the request itself; 200 for the answer that marked the chat."""
     answer: bool
 
 
-@contextlib.contextmanager
-def engine_posts() -> Iterator[list[Posted]]:
-    """Record each request the engine starts and each answer it gets, in its own order.
+class _EngineTrace(logging.Handler):
+    """Reads the engine's public DEBUG trace (``markread_event`` records) as ``Posted``.
 
-    All of an engine's requests run on its one event loop, and the engine acts on an
-    answer in the same step it gets it, so this order is the order the engine knew
-    things in (the fake's clock cannot say whether a request was on its way before).
+    All of an engine's requests run on its one event loop and it logs each step
+    as it takes it, so this order is the order the engine knew things in (the
+    fake's clock cannot say whether a request was already on its way).
     """
-    posts: list[Posted] = []
-    original = Transport.post
 
-    async def post(self: Transport, target: ReadTarget) -> ApiResponse:
-        posts.append(Posted(target.value, None, answer=False))
-        try:
-            response = await original(self, target)
-        except Exception:
-            posts.append(Posted(target.value, None, answer=True))
-            raise
-        posts.append(Posted(target.value, response.status, answer=True))
-        return response
+    def __init__(self, tokens: dict[str, str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.tokens = tokens
+        self.posts: list[Posted] = []
 
-    with mock.patch.object(Transport, "post", post):
-        yield posts
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "markread_event", None)
+        token = self.tokens.get(getattr(record, "markread_event_id", None) or "")
+        if token is None:
+            return
+        if event == "sent":
+            self.posts.append(Posted(token, None, answer=False))
+        elif event == "marked":
+            self.posts.append(Posted(token, 200, answer=True))
+
+
+@contextlib.contextmanager
+def engine_posts(scenario: Scenario) -> Iterator[list[Posted]]:
+    """Record each request the engine starts and each 200 it gets, from its DEBUG trace."""
+    trace = _EngineTrace({m.event_id: m.token for m in scenario.messages})
+    logger = logging.getLogger("line_markread._engine")
+    level = logger.level
+    logger.addHandler(trace)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield trace.posts
+    finally:
+        logger.removeHandler(trace)
+        logger.setLevel(level)
 
 
 @dataclass
@@ -216,7 +233,7 @@ def run_async(fake: FakeLinePlatform, scenario: Scenario) -> Outcome:
         finally:
             await handler.aclose(grace=30.0)
 
-    with engine_posts() as posts:
+    with engine_posts(scenario) as posts:
         asyncio.run(play())
     return Outcome(started, posts, handler.stats().timed_out)
 
@@ -225,7 +242,7 @@ def run_sync(fake: FakeLinePlatform, scenario: Scenario, threads: ThreadPoolExec
     started: dict[str, float] = {}
     handler = build_handler(fake, scenario, started)
     bodies = signed(scenario)
-    with engine_posts() as posts:
+    with engine_posts(scenario) as posts:
         try:
             for wave in scenario.waves:
                 for done in [threads.submit(handler.handle, *bodies[i]) for i in wave]:
@@ -378,16 +395,13 @@ def test_properties_through_handle_from_threads(fake: FakeLinePlatform, soak: bo
         run()
 
 
+def token_of_event(event: dict[str, Any]) -> str:
+    return str(event["message"]["markAsReadToken"])
+
+
 # -- found by reasoning over these properties ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: a mark superseded in flight is dropped on a retryable answer even when "
-    "the newer mark that superseded it has already failed for good (a 400), so the older "
-    "message's waiter has no live job left: its handler is held until wait_timeout and the "
-    "chat never goes idle again (the invariant in _engine's docstring breaks)",
-)
 async def test_an_older_mark_outlives_the_failure_of_the_newer_one(
     fake: FakeLinePlatform,
 ) -> None:
@@ -402,11 +416,13 @@ async def test_an_older_mark_outlives_the_failure_of_the_newer_one(
     first = asyncio.ensure_future(handler.handle_async(*signed_body(older, channel_secret=SECRET)))
     await fake.await_requests(1, path=TOKEN_PATH, completed=False)
     await handler.handle_async(*signed_body(newer, channel_secret=SECRET))  # 400: failed
-    if fake.mark_requests()[0].completed:
-        pytest.skip("the older request ended before the newer one failed: not the race")
+    # The older request hangs until its 0.5 s timeout: it is still in flight here.
+    assert not fake.mark_requests()[0].completed
     await first  # the older request times out at 0.5 s, superseded by a mark that failed
     stats = handler.stats()
     await handler.aclose()
 
-    # Expected: its mark is retried (and marked) or reported failed, well before 1 s.
+    # Its mark is retried (and marked) once the newer one has failed, well before 1 s.
     assert stats.timed_out == 0
+    assert token_of_event(older) in fake.marked_tokens()
+    assert stats.failed == 1  # only the refused newer token
