@@ -80,8 +80,28 @@ class MarkFailure:
     """LINE's ``x-line-request-id`` of the last attempt, for LINE's support."""
 
 
+class _Body:
+    """The waiters of one submitted body still unsettled, and its deadline timer.
+
+    The timer is cancelled as soon as the last waiter settles, so a body's
+    waiters are not kept alive until its deadline just to be found settled.
+    """
+
+    __slots__ = ("timer", "unsettled")
+
+    def __init__(self) -> None:
+        self.unsettled = 0
+        self.timer: Optional[asyncio.TimerHandle] = None
+
+    def settled(self) -> None:
+        self.unsettled -= 1
+        if self.unsettled == 0 and self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
 class _Waiter:
-    __slots__ = ("done", "expired", "key", "sent")
+    __slots__ = ("body", "done", "expired", "key", "sent")
 
     def __init__(self, key: Key, loop: asyncio.AbstractEventLoop) -> None:
         self.key = key
@@ -90,10 +110,13 @@ class _Waiter:
         # timeout never releases a handler before that.
         self.sent = False
         self.expired = False
+        self.body: Optional[_Body] = None
 
     def release(self, outcome: Outcome) -> None:
         if not self.done.done():
             self.done.set_result(outcome)
+            if self.body is not None:
+                self.body.settled()
 
     def mark_sent(self) -> None:
         self.sent = True
@@ -236,7 +259,11 @@ class Engine:
             self._start(chat, key, target)
         pending = [w for w in waiters if w is not None and not w.done.done()]
         if pending:
-            self._loop.call_at(deadline, _expire, pending)
+            body = _Body()
+            body.unsettled = len(pending)
+            for waiter in pending:
+                waiter.body = body
+            body.timer = self._loop.call_at(deadline, _expire, pending)
         return Ticket(tuple(waiters))
 
     def _key_of(self, target: ReadTarget, chat: _Chat) -> tuple[Key, bool]:
@@ -506,6 +533,11 @@ class Engine:
                 log.exception("line_markread: the on_failure callback raised")
 
     # -- waiting ----------------------------------------------------------
+
+    async def idle(self) -> None:
+        """Return once no mark is in progress (marks started meanwhile are waited for too)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
 
     # -- closing ----------------------------------------------------------
 

@@ -271,6 +271,29 @@ class Marker:
                 self._counters.append(engine.counters)
             return engine
 
+    async def aflush(self) -> None:
+        """Wait until every mark started so far on this loop and the background loop is over.
+
+        Over means marked, failed for good or superseded: retries included.  For
+        tests that look at what LINE received, and for orderly hand-overs.
+        """
+        engine = self._engines.get(asyncio.get_running_loop())
+        if engine is not None:
+            await engine.idle()
+        if self._thread.is_started() and not self._thread.is_running_here():
+            background = self._engines.get(self._thread.loop())
+            if background is not None:
+                future = asyncio.run_coroutine_threadsafe(background.idle(), background.loop)
+                await asyncio.wrap_future(future)
+
+    def flush(self) -> None:
+        """Blocking twin of ``aflush`` for the marks of the sync API (the background loop)."""
+        if not self._thread.is_started():
+            return
+        background = self._engines.get(self._thread.loop())
+        if background is not None:
+            self._thread.run(background.idle())
+
     def tracked_chats(self) -> int:
         """Chats whose state is held, over all event loops (each up to ``max_tracked_chats``)."""
         return sum(engine.tracked_chats() for engine in list(self._engines.values()))

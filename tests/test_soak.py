@@ -334,7 +334,8 @@ async def test_soak_handle_async(
     try:
         for lanes in plan.phases:
             await asyncio.wait_for(asyncio.gather(*map(lane, lanes)), PHASE_LIMIT)
-            await asyncio.sleep(WAIT_TIMEOUT)  # every body's deadline timer has fired after it
+            # Quiet first: measuring blocks the loop, which would time requests out.
+            await asyncio.wait_for(handler.marker.aflush(), PHASE_LIMIT)
             end_of_phase(handler, run)
     finally:
         tracemalloc.stop()
@@ -366,9 +367,7 @@ def test_soak_handle_from_16_threads(
                 for lanes in plan.phases:
                     for done in [threads.submit(lane, bodies) for bodies in lanes]:
                         done.result(timeout=PHASE_LIMIT)
-                    time.sleep(WAIT_TIMEOUT)  # every body's deadline is past ...
-                    handler.marker.mark([])  # ... and two trips through the loop thread
-                    handler.marker.mark([])  # run every timer that was due by then
+                    handler.marker.flush()  # quiet first: marks in flight, then measure
                     end_of_phase(handler, run)
             finally:
                 handler.close(grace=30.0)  # also releases threads stuck by a bug
