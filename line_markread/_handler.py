@@ -7,6 +7,7 @@ the handlers in body order, each waiting only for its own chat.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Callable, Optional, TypeVar, Union
 
@@ -113,7 +114,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         for step in plan.steps:
             if step.route is not None and step.route.is_async:
                 raise TypeError(
-                    f"handler {step.route.func.__qualname__} is a coroutine function: "
+                    f"handler {step.route.func!r} is a coroutine function: "
                     "call 'await handler.handle_async(body, signature)' from async code"
                 )
         marker = self._markread_marker
@@ -124,7 +125,14 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                 continue
             if step.decision is True:
                 marker.wait_event(ticket, index)
-            step.route.call(step.event, plan.destination)
+            result = step.route.call(step.event, plan.destination)
+            if inspect.isawaitable(result):  # e.g. a functools.partial of an async function
+                if inspect.iscoroutine(result):
+                    result.close()
+                raise TypeError(
+                    f"handler {step.route.func!r} returned an awaitable: "
+                    "call 'await handler.handle_async(body, signature)' from async code"
+                )
 
     async def handle_async(self, body: Union[str, bytes], signature: str) -> None:
         """``handle()`` for async frameworks: marks on the running loop; handlers may be async."""
@@ -138,7 +146,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             if step.decision is True:
                 await marker.await_event(ticket, index)
             result = step.route.call(step.event, plan.destination)
-            if step.route.is_async:
+            if inspect.isawaitable(result):
                 await result
 
     # -- manual marking, counters, closing --------------------------------

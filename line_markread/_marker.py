@@ -324,7 +324,7 @@ class Marker:
             running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is not None and running in self._engines:
+        if (running is not None and running in self._engines) or self._thread.is_running_here():
             raise RuntimeError(
                 "line_markread: close() called inside a running event loop; "
                 "use 'await aclose()' there"

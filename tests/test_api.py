@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -255,6 +256,22 @@ def test_sync_handle_refuses_async_handlers_before_marking(
         handler.handle(*body_of(text_event(user_id="U1")))
     handler.close()
     assert fake.requests == []
+
+
+async def test_handle_async_awaits_whatever_awaitable_a_handler_returns(
+    fake: FakeLinePlatform,
+) -> None:
+    ran: list[str] = []
+
+    async def reply(prefix: str, event: Any) -> None:
+        ran.append(prefix + event.message.text)
+
+    async with WebhookHandler(SECRET, configuration=fake.configuration()) as handler:
+        handler.add(MessageEvent, message=TextMessageContent)(functools.partial(reply, "> "))
+        await handler.handle_async(*body_of(text_event("hi", user_id="U1")))
+        with pytest.raises(TypeError, match="handle_async"):
+            handler.handle(*body_of(text_event("ho", user_id="U2")))
+    assert ran == ["> hi"]
 
 
 async def test_handle_async_awaits_async_handlers_after_their_mark(
