@@ -30,7 +30,7 @@ pytest: $(STAMP)
 	$(BIN)/pytest
 
 soak: $(STAMP)
-	$(BIN)/pytest --soak -m soak
+	$(BIN)/pytest --soak tests/test_soak.py tests/test_properties.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
