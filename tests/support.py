@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Callable, Union
+import time
+from typing import Any, Callable, Optional, Union
+
+from linebot.v3.webhooks import MessageEvent, TextMessageContent
 
 from line_markread import WebhookHandler
 
 SECRET = "test-channel-secret"
+
+FAST_RETRIES: dict[str, Any] = {"backoff_initial": 0.01, "backoff_max": 0.02}
+"""Backoff short enough that retry tests take milliseconds, yet real sleeps."""
 
 HandlerFactory = Callable[..., WebhookHandler]
 """The ``new_handler`` fixture: options in, a handler on the fake platform out."""
@@ -66,3 +72,21 @@ class AsyncDriver(Driver):
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
+
+
+def with_text_handler(
+    handler: WebhookHandler,
+    *,
+    started: Optional[dict[str, float]] = None,
+    ran: Optional[list[str]] = None,
+) -> WebhookHandler:
+    """Register a text handler noting when it started (by read token) and what it saw."""
+
+    @handler.add(MessageEvent, message=TextMessageContent)
+    def on_text(event: Any) -> None:
+        if started is not None:
+            started[event.message.mark_as_read_token] = time.monotonic()
+        if ran is not None:
+            ran.append(event.message.text)
+
+    return handler

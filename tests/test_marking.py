@@ -14,22 +14,8 @@ from linebot.v3.webhooks import MessageEvent, TextMessageContent
 from line_markread import MarkFailure, Outcome, WebhookHandler
 from line_markread.testing import FakeLinePlatform, Fault, message_event, text_event
 
-from .support import SECRET, Driver, HandlerFactory
+from .support import FAST_RETRIES, SECRET, Driver, HandlerFactory, with_text_handler
 from .test_handler import TOKEN_PATH, body_of, mark_answered_before, sent_tokens, token_of
-
-FAST_RETRIES: dict[str, Any] = {"backoff_initial": 0.01, "backoff_max": 0.02}
-
-
-def text_handler(
-    handler: WebhookHandler, started: dict[str, float] | None = None
-) -> WebhookHandler:
-    @handler.add(MessageEvent, message=TextMessageContent)
-    def on_text(event: Any) -> None:
-        if started is not None:
-            started[event.message.mark_as_read_token] = time.monotonic()
-
-    return handler
-
 
 # -- coalescing ---------------------------------------------------------------
 
@@ -38,7 +24,7 @@ def test_one_request_per_chat_per_body_with_the_newest_token(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
     started: dict[str, float] = {}
-    handler = text_handler(new_handler(), started)
+    handler = with_text_handler(new_handler(), started=started)
     burst = [text_event(str(i), user_id="U1", timestamp=1_000 + i) for i in range(5)]
     other = text_event("x", user_id="U2")
 
@@ -55,7 +41,7 @@ def test_one_request_per_chat_per_body_with_the_newest_token(
 def test_newest_is_by_timestamp_then_position(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
-    handler = text_handler(new_handler())
+    handler = with_text_handler(new_handler())
     late = text_event("late", user_id="U1", timestamp=5_000)
     early = text_event("early", user_id="U1", timestamp=4_000)
     tie_first = text_event("tie1", user_id="U2", timestamp=7_000)
@@ -69,7 +55,7 @@ def test_newest_is_by_timestamp_then_position(
 def test_without_coalescing_each_event_gets_its_request(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
-    handler = text_handler(new_handler(coalesce=False))
+    handler = with_text_handler(new_handler(coalesce=False))
     burst = [text_event(str(i), user_id="U1") for i in range(4)]
 
     driver.handle(handler, *body_of(*burst))
@@ -105,7 +91,7 @@ def test_opted_out_events_do_not_lend_their_token_to_the_chat(
 def test_a_token_older_than_the_marked_one_is_not_sent(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
-    handler = text_handler(new_handler())
+    handler = with_text_handler(new_handler())
     newer = text_event("newer", user_id="U1", timestamp=2_000)
     older = text_event("older", user_id="U1", timestamp=1_000, redelivery=True)
 
@@ -121,7 +107,7 @@ def test_a_newer_message_supersedes_an_older_one_in_backoff(
 ) -> None:
     # The older mark fails once, then backs off for long; the newer message
     # arrives meanwhile and its success must end the older retry for good.
-    handler = text_handler(new_handler(wait_timeout=0.05, backoff_initial=60.0, jitter_seed=1))
+    handler = with_text_handler(new_handler(wait_timeout=0.05, backoff_initial=60.0, jitter_seed=1))
     fake.script(TOKEN_PATH, 503)
     older = text_event("older", user_id="U1", timestamp=1_000)
     newer = text_event("newer", user_id="U1", timestamp=2_000)
@@ -172,7 +158,7 @@ def test_retryable_statuses_are_retried_until_marked(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory, status: int
 ) -> None:
     started: dict[str, float] = {}
-    handler = text_handler(new_handler(**FAST_RETRIES), started)
+    handler = with_text_handler(new_handler(**FAST_RETRIES), started=started)
     fake.script(TOKEN_PATH, status, status)
     event = text_event(user_id="U1")
 
@@ -194,7 +180,7 @@ def test_retryable_statuses_are_retried_until_marked(
 def test_no_answer_is_retried_like_a_5xx(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory, fault: Fault
 ) -> None:
-    handler = text_handler(new_handler(request_timeout=0.2, wait_timeout=5.0, **FAST_RETRIES))
+    handler = with_text_handler(new_handler(request_timeout=0.2, wait_timeout=5.0, **FAST_RETRIES))
     fake.script(TOKEN_PATH, fault)
     event = text_event(user_id="U1")
 
@@ -233,7 +219,9 @@ def test_other_4xx_are_final(
 ) -> None:
     failures: list[MarkFailure] = []
     started: dict[str, float] = {}
-    handler = text_handler(new_handler(on_failure=failures.append, **FAST_RETRIES), started)
+    handler = with_text_handler(
+        new_handler(on_failure=failures.append, **FAST_RETRIES), started=started
+    )
     fake.script(TOKEN_PATH, status)
     event = text_event(user_id="U1")
 
@@ -251,7 +239,7 @@ def test_other_4xx_are_final(
 def test_attempts_are_bounded(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
-    handler = text_handler(new_handler(max_attempts=3, **FAST_RETRIES))
+    handler = with_text_handler(new_handler(max_attempts=3, **FAST_RETRIES))
     fake.script(TOKEN_PATH, *[503] * 10)
 
     driver.handle(handler, *body_of(text_event(user_id="U1")))
@@ -263,7 +251,7 @@ def test_attempts_are_bounded(
 def test_no_attempt_starts_after_the_retry_deadline(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
-    handler = text_handler(
+    handler = with_text_handler(
         new_handler(max_attempts=1000, retry_deadline=1.5, backoff_initial=0.05, backoff_max=0.05)
     )
     fake.script(TOKEN_PATH, *[503] * 1000)
@@ -281,7 +269,7 @@ def test_no_attempt_starts_after_the_retry_deadline(
 def test_retry_after_is_honoured(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
-    handler = text_handler(new_handler(wait_timeout=5.0, **FAST_RETRIES))
+    handler = with_text_handler(new_handler(wait_timeout=5.0, **FAST_RETRIES))
     fake.script(TOKEN_PATH, Fault.status(429, retry_after="1"))
 
     driver.handle(handler, *body_of(text_event(user_id="U1")))
@@ -295,7 +283,7 @@ def test_retry_after_is_honoured(
 def test_retry_after_beyond_the_deadline_gives_up(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
-    handler = text_handler(new_handler(retry_deadline=2.0))
+    handler = with_text_handler(new_handler(retry_deadline=2.0))
     fake.script(TOKEN_PATH, Fault.status(429, retry_after="3600"))
 
     driver.handle(handler, *body_of(text_event(user_id="U1")))
@@ -311,7 +299,9 @@ def test_wait_timeout_bounds_the_whole_body_not_each_handler(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
     started: dict[str, float] = {}
-    handler = text_handler(new_handler(wait_timeout=0.3, request_timeout=10.0), started)
+    handler = with_text_handler(
+        new_handler(wait_timeout=0.3, request_timeout=10.0), started=started
+    )
     events = [text_event(str(i), user_id=f"U{i}") for i in range(5)]
     for _ in events:
         fake.script(TOKEN_PATH, Fault.hang())
@@ -330,7 +320,7 @@ def test_wait_timeout_bounds_the_whole_body_not_each_handler(
 def test_marking_goes_on_after_the_handler_is_released(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
-    handler = text_handler(new_handler(wait_timeout=0.0, backoff_initial=0.2, backoff_max=0.2))
+    handler = with_text_handler(new_handler(wait_timeout=0.0, backoff_initial=0.2, backoff_max=0.2))
     fake.script(TOKEN_PATH, 503, 503)
     event = text_event(user_id="U1")
 
@@ -346,9 +336,9 @@ def test_a_handler_released_by_the_timeout_still_waits_for_its_request_to_go_out
     # One request slot; chat A's request hangs in it until its 0.5 s attempt
     # timeout.  B's request cannot go out before then, so neither may B's handler.
     started: dict[str, float] = {}
-    handler = text_handler(
+    handler = with_text_handler(
         new_handler(wait_timeout=0.05, max_concurrency=1, request_timeout=0.5, **FAST_RETRIES),
-        started,
+        started=started,
     )
     a, b = text_event("a", user_id="UA"), text_event("b", user_id="UB")
     fake.script(TOKEN_PATH, Fault.hang())
@@ -364,7 +354,7 @@ def test_a_handler_released_by_the_timeout_still_waits_for_its_request_to_go_out
 def test_requests_in_flight_are_bounded(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
-    handler = text_handler(new_handler(max_concurrency=2, wait_timeout=10.0))
+    handler = with_text_handler(new_handler(max_concurrency=2, wait_timeout=10.0))
     events = [text_event(str(i), user_id=f"U{i}") for i in range(6)]
     for _ in events:
         fake.script(TOKEN_PATH, Fault.delay(0.1))
@@ -388,7 +378,7 @@ def test_requests_in_flight_are_bounded(
 def test_close_drains_pending_retries(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
-    handler = text_handler(new_handler(wait_timeout=0.0, backoff_initial=0.2, backoff_max=0.2))
+    handler = with_text_handler(new_handler(wait_timeout=0.0, backoff_initial=0.2, backoff_max=0.2))
     fake.script(TOKEN_PATH, 503)
     event = text_event(user_id="U1")
 
@@ -401,7 +391,7 @@ def test_close_drains_pending_retries(
 def test_close_cancels_what_the_grace_period_cannot_drain(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
-    handler = text_handler(new_handler(wait_timeout=0.0, backoff_initial=60.0, jitter_seed=3))
+    handler = with_text_handler(new_handler(wait_timeout=0.0, backoff_initial=60.0, jitter_seed=3))
     fake.script(TOKEN_PATH, 503)
 
     driver.handle(handler, *body_of(text_event(user_id="U1")))

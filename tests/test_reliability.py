@@ -11,25 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from linebot.v3.webhooks import MessageEvent, TextMessageContent
 
-from line_markread import MarkFailure, WebhookHandler
+from line_markread import MarkFailure
 from line_markread.testing import FakeLinePlatform, Fault, message_event, text_event
 
-from .support import Driver, HandlerFactory
+from .support import FAST_RETRIES, Driver, HandlerFactory, with_text_handler
 from .test_handler import TOKEN_PATH, USER_PATH, body_of, sent_tokens, token_of
-
-FAST_RETRIES = {"backoff_initial": 0.01, "backoff_max": 0.02}
-
-
-def texts(handler: WebhookHandler, ran: list[str] | None = None) -> WebhookHandler:
-    @handler.add(MessageEvent, message=TextMessageContent)
-    def on_text(event: object) -> None:
-        if ran is not None:
-            ran.append(event.message.text)  # type: ignore[attr-defined]
-
-    return handler
-
 
 # -- 429 ----------------------------------------------------------------------
 
@@ -37,7 +24,9 @@ def texts(handler: WebhookHandler, ran: list[str] | None = None) -> WebhookHandl
 def test_a_429_pauses_the_whole_channel(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
-    handler = texts(new_handler(rate_limit_cooldown=0.3, wait_timeout=0.05, **FAST_RETRIES))
+    handler = with_text_handler(
+        new_handler(rate_limit_cooldown=0.3, wait_timeout=0.05, **FAST_RETRIES)
+    )
     fake.script(TOKEN_PATH, 429)
     a, b = text_event(user_id="UA"), text_event(user_id="UB")
 
@@ -62,7 +51,7 @@ def test_a_401_latches_every_endpoint_with_one_error_then_resumes(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     ran: list[str] = []
-    handler = texts(new_handler(auth_cooldown=0.5, **FAST_RETRIES), ran)
+    handler = with_text_handler(new_handler(auth_cooldown=0.5, **FAST_RETRIES), ran=ran)
     fake.script(TOKEN_PATH, 401)
 
     with caplog.at_level(logging.WARNING, logger="line_markread"):
@@ -112,7 +101,7 @@ def test_exhausted_attempts_log_one_warning_with_status_and_request_id(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     ran: list[str] = []
-    handler = texts(new_handler(max_attempts=3, **FAST_RETRIES), ran)
+    handler = with_text_handler(new_handler(max_attempts=3, **FAST_RETRIES), ran=ran)
     fake.script(TOKEN_PATH, 503, 503, 503)
 
     with caplog.at_level(logging.WARNING, logger="line_markread"):
@@ -129,7 +118,7 @@ def test_an_endpoint_that_hangs_releases_the_handler_and_gives_up_by_the_deadlin
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
     ran: list[str] = []
-    handler = texts(
+    handler = with_text_handler(
         new_handler(
             wait_timeout=0.2,
             request_timeout=0.2,
@@ -137,7 +126,7 @@ def test_an_endpoint_that_hangs_releases_the_handler_and_gives_up_by_the_deadlin
             max_attempts=100,
             **FAST_RETRIES,
         ),
-        ran,
+        ran=ran,
     )
     fake.script(TOKEN_PATH, *[Fault.hang()] * 100)
 
@@ -161,7 +150,7 @@ def test_an_endpoint_that_hangs_releases_the_handler_and_gives_up_by_the_deadlin
 def test_a_sustained_outage_spends_the_retry_budget_and_successes_refill_it(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
-    handler = texts(new_handler(retry_budget=10, max_attempts=5, **FAST_RETRIES))
+    handler = with_text_handler(new_handler(retry_budget=10, max_attempts=5, **FAST_RETRIES))
     fake.script(TOKEN_PATH, *[503] * 40)
 
     for i in range(8):  # 8 first tries, but only 2 retries in all (10 tokens, 5 each)
@@ -195,7 +184,7 @@ def test_a_sustained_outage_spends_the_retry_budget_and_successes_refill_it(
 def test_non_json_error_bodies_are_classified_by_status(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory, fault: Fault
 ) -> None:
-    handler = texts(new_handler(**FAST_RETRIES))
+    handler = with_text_handler(new_handler(**FAST_RETRIES))
     fake.script(TOKEN_PATH, fault)
     event = text_event(user_id="U1")
 
@@ -211,7 +200,7 @@ def test_a_final_error_with_a_non_json_body_is_reported_without_the_token(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     failures: list[MarkFailure] = []
-    handler = texts(new_handler(on_failure=failures.append))
+    handler = with_text_handler(new_handler(on_failure=failures.append))
     fake.script(TOKEN_PATH, Fault.status(400, body=b"nope"))
     event = text_event(user_id="U1")
 
@@ -230,7 +219,7 @@ def test_a_redelivered_event_is_not_marked_twice(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
     ran: list[str] = []
-    handler = texts(new_handler(), ran)
+    handler = with_text_handler(new_handler(), ran=ran)
     event = text_event("once", user_id="U1")
     again = dict(event, deliveryContext={"isRedelivery": True})
 
@@ -245,7 +234,7 @@ def test_a_redelivered_event_is_not_marked_twice(
 def test_a_duplicate_of_a_failed_mark_is_tried_again(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
-    handler = texts(new_handler())
+    handler = with_text_handler(new_handler())
     fake.script(TOKEN_PATH, 400)
     event = text_event(user_id="U1")
 
