@@ -525,17 +525,17 @@ async def test_async_context_managers_close_on_the_running_loop(fake: FakeLinePl
 def test_flush_waits_for_marks_in_progress(fake: FakeLinePlatform) -> None:
     handler = WebhookHandler(SECRET, configuration=fake.configuration(), wait_timeout=0.0)
     handler.add(MessageEvent, message=TextMessageContent)(lambda event: None)
-    fake.script(TOKEN_PATH, Fault.delay(1.0))
+    fake.script(TOKEN_PATH, Fault.delay(0.6))
     event = text_event(user_id="U1")
     with handler:
         handler.handle(*body_of(event))
-        assert fake.marked_tokens() == []  # released at once; the 200 is 1 s away
+        assert fake.marked_tokens() == []  # released at once; the 200 is 0.6 s away
         handler.marker.flush()
         assert fake.marked_tokens() == [token_of(event)]
 
 
 async def test_aflush_waits_for_marks_in_progress(fake: FakeLinePlatform) -> None:
-    fake.script(TOKEN_PATH, Fault.delay(1.0))
+    fake.script(TOKEN_PATH, Fault.delay(0.6))
     event = text_event(user_id="U1")
     async with Marker(configuration=fake.configuration()) as marker:
         assert await marker.amark([event], wait=False) == [Outcome.PENDING]
