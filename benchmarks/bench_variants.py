@@ -105,13 +105,13 @@ class Variant:
 
 
 def _register(handler: Any, probe: Probe, mark: Optional[Callable[[Any], None]] = None) -> None:
-    @handler.add(MessageEvent, message=TextMessageContent)  # type: ignore[untyped-decorator]
+    @handler.add(MessageEvent, message=TextMessageContent)  # type: ignore[untyped-decorator]  # SDK
     def on_text(event: Any) -> None:
         if mark is not None:
             mark(event)
         probe.hit(event)
 
-    @handler.add(FollowEvent)  # type: ignore[untyped-decorator]
+    @handler.add(FollowEvent)  # type: ignore[untyped-decorator]  # untyped SDK
     def on_follow(event: Any) -> None:
         probe.hit(event)
 

@@ -112,7 +112,7 @@ def serve_wsgi(app: Any, host: str, port: int) -> None:
         finally:
             waitress.wasyncore.close_all(connections)  # the listening socket and idle clients
         return
-    from werkzeug.serving import make_server  # noqa: PLC0415
+    from werkzeug.serving import make_server  # noqa: PLC0415  # only the Flask fallback needs it
 
     dev_server = make_server(host, port, app, threaded=True)
     announce(host, dev_server.server_port, "Werkzeug development server")

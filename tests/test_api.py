@@ -86,7 +86,7 @@ def test_unknown_options_are_rejected() -> None:
 def test_settings_are_immutable_and_defaults_respect_lines_deadline() -> None:
     settings = Settings()
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
-        settings.wait_timeout = 5.0  # type: ignore[misc]
+        settings.wait_timeout = 5.0  # type: ignore[misc]  # frozen: the point of the test
     assert settings.wait_timeout < 2.0  # LINE gives a webhook 2 s in all
     assert settings.request_timeout < 2.0
 
@@ -141,7 +141,7 @@ def test_mark_as_read_upgrades_the_sdk_handler_in_place(
 
 
 def test_mark_as_read_keeps_a_subclass_and_its_default(fake: FakeLinePlatform) -> None:
-    class MyHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]
+    class MyHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # untyped SDK
         def greeting(self) -> str:
             return "hi"
 

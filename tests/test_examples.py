@@ -225,7 +225,7 @@ def test_text_is_marked_before_its_echo_and_stickers_stay_unread(
     bot.send(webhook)
 
     replies = line.wait_for_requests(2, path=REPLY_PATH)
-    assert sorted(r.json["messages"][0]["text"] for r in replies) == ["hello", "hi all"]  # type: ignore[index]
+    assert sorted(r.json["messages"][0]["text"] for r in replies) == ["hello", "hi all"]  # type: ignore[index]  # JSON
     assert_marked_before_replied(line, webhook.events)
     assert_not_marked(line, [sticker])
     assert sorted(line.marked_tokens()) == sorted(

@@ -761,5 +761,5 @@ def test_recorded_request_is_frozen() -> None:
     )
 
     with pytest.raises(AttributeError):
-        record.status = 200  # type: ignore[misc]
+        record.status = 200  # type: ignore[misc]  # frozen: the point of the test
     assert not record.completed

@@ -42,7 +42,7 @@ def token_of(event: dict[str, Any]) -> str:
 
 
 def sent_tokens(fake: FakeLinePlatform) -> list[str]:
-    return [r.json["markAsReadToken"] for r in fake.requests if r.path == TOKEN_PATH]  # type: ignore[index]
+    return [r.json["markAsReadToken"] for r in fake.requests if r.path == TOKEN_PATH]  # type: ignore[index]  # JSON object
 
 
 def mark_answered_before(fake: FakeLinePlatform, tokens: set[str], moment: float) -> bool:
@@ -52,7 +52,7 @@ def mark_answered_before(fake: FakeLinePlatform, tokens: set[str], moment: float
         and r.status == 200
         and r.responded_at is not None
         and r.responded_at <= moment
-        and r.json["markAsReadToken"] in tokens  # type: ignore[index]
+        and r.json["markAsReadToken"] in tokens  # type: ignore[index]  # JSON object
         for r in fake.requests
     )
 

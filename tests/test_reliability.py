@@ -37,7 +37,7 @@ def test_a_429_pauses_the_whole_channel(
 
     assert throttled.responded_at is not None
     later = [r for r in fake.mark_requests() if r is not fake.mark_requests()[0]]
-    assert sorted(r.json["markAsReadToken"] for r in later) == sorted([token_of(a), token_of(b)])  # type: ignore[index]
+    assert sorted(r.json["markAsReadToken"] for r in later) == sorted([token_of(a), token_of(b)])  # type: ignore[index]  # JSON
     assert min(r.received_at for r in later) - throttled.responded_at >= 0.25
 
 
