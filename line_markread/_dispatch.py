@@ -18,7 +18,7 @@ import attrs
 from linebot.v3.webhooks import MessageEvent
 
 from ._body import ParsedBody
-from ._settings import Decision, MarkPolicy, Settings
+from ._settings import Decision, MarkPolicy, Settings, is_decision
 from ._targets import ReadTarget, Skip, read_target
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def decide(route: Optional[Route], event: Any, settings: Settings) -> Decision:
     except Exception:
         log.exception("line_markread: the mark_as_read policy %r raised; not marking", policy)
         return False
-    if decision is True or decision is False or decision == "nowait":
+    if is_decision(decision):
         return decision
     log.error(
         "line_markread: the mark_as_read policy %r returned %r; expected True, False or "

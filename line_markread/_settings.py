@@ -9,7 +9,7 @@ handlers and the HTTP answer; retries carry on in the background.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union, cast
 
 import attrs
 
@@ -137,14 +137,19 @@ class Settings:
     """Seed for the backoff jitter, for reproducible runs (demo, tests)."""
 
 
+def is_decision(value: object) -> bool:
+    """``True``, ``False`` or ``"nowait"``, compared by identity: ``1`` or ``None`` are not."""
+    return value is True or value is False or (isinstance(value, str) and value == "nowait")
+
+
 def validate_policy(policy: object) -> MarkPolicy:
     """Check a ``mark_as_read=`` value where it is given, not when the first message comes.
 
     Compared with ``is``: ``1``, ``0``, ``""`` or ``None`` are mistakes, not
     shorthands, and must not silently turn into "mark" or "don't mark".
     """
-    if policy is True or policy is False or policy == "nowait" or callable(policy):
-        return policy
+    if is_decision(policy) or callable(policy):
+        return cast(MarkPolicy, policy)  # checked just above (TypeGuard needs Python 3.10)
     raise TypeError(
         f"mark_as_read must be True, False, 'nowait' or a callable(event), got {policy!r}"
     )
