@@ -9,9 +9,9 @@ ordering guarantee and every option.
 from __future__ import annotations
 
 from ._body import WebhookBodyError
-from ._engine import MarkFailure, Outcome
 from ._handler import WebhookHandler, mark_as_read
 from ._marker import Marker
+from ._outcome import MarkFailure, Outcome
 from ._settings import Settings
 from ._stats import Stats
 from ._targets import ChatId, Endpoint, ReadTarget, Skip

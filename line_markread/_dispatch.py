@@ -12,16 +12,40 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union, cast
 
 import attrs
 from linebot.v3.webhooks import MessageEvent
 
 from ._body import ParsedBody
-from ._settings import Decision, MarkPolicy, Settings, is_decision
+from ._settings import Settings
 from ._targets import ReadTarget, Skip, read_target
 
 log = logging.getLogger(__name__)
+
+Decision = Union[bool, Literal["nowait"]]
+"""What one handler wants for one event: ``True``, ``False`` or ``"nowait"``."""
+
+MarkPolicy = Union[bool, Literal["nowait"], Callable[[Any], Decision]]
+"""The ``mark_as_read=`` value of ``handler.add(...)``: a decision, or a function of the event."""
+
+
+def is_decision(value: object) -> bool:
+    """``True``, ``False`` or ``"nowait"``, compared by identity: ``1`` or ``None`` are not."""
+    return value is True or value is False or (isinstance(value, str) and value == "nowait")
+
+
+def validate_policy(policy: object) -> MarkPolicy:
+    """Check a ``mark_as_read=`` value where it is given, not when the first message comes.
+
+    Compared with ``is``: ``1``, ``0``, ``""`` or ``None`` are mistakes, not
+    shorthands, and must not silently turn into "mark" or "don't mark".
+    """
+    if is_decision(policy) or callable(policy):
+        return cast(MarkPolicy, policy)  # checked just above (TypeGuard needs Python 3.10)
+    raise TypeError(
+        f"mark_as_read must be True, False, 'nowait' or a callable(event), got {policy!r}"
+    )
 
 
 def route_key(event: type, message: Optional[type] = None) -> str:

@@ -25,7 +25,6 @@ the waiters it would otherwise orphan.
 from __future__ import annotations
 
 import asyncio
-import enum
 import itertools
 import logging
 import random
@@ -33,10 +32,10 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Optional, Union
 
-import attrs
-
+from ._chat import BodyWaiters, Chat, Job, Key, Ticket, Waiter, expire_all
 from ._guard import ChannelGuard
 from ._http import ApiResponse, Credentials, Transport, TransportError
+from ._outcome import MarkFailure, Outcome
 from ._retry import Verdict, classify, is_testing, next_delay
 from ._settings import Settings
 from ._stats import Counters
@@ -45,128 +44,6 @@ from ._targets import ChatId, ReadTarget
 log = logging.getLogger(__name__)
 
 _LATCHED = "not sent: LINE answered 401/403 recently (auth latch)"
-
-Key = tuple[int, int]
-"""(LINE timestamp in ms, arrival sequence): the order of messages in a chat."""
-
-
-class Outcome(enum.Enum):
-    """What became of one event's mark, as far as its caller waited."""
-
-    MARKED = "marked"
-    """LINE answered 200 for this message or a newer one of its chat."""
-    FAILED = "failed"
-    """The mark failed for good (final error, attempts or deadline exhausted, closed)."""
-    TIMED_OUT = "timed out"
-    """``wait_timeout`` passed first; the request was sent and marking goes on."""
-    PENDING = "pending"
-    """Not waited for (``"nowait"``, or ``wait=False``); marking goes on."""
-    SKIPPED = "skipped"
-    """Nothing was sent: no usable target, or the handler opted out."""
-
-
-@attrs.frozen
-class MarkFailure:
-    """Handed to ``on_failure`` when a mark fails for good.  Holds no token or secret."""
-
-    chat: ChatId
-    endpoint: str
-    status: Optional[int]
-    """LINE's HTTP status of the last attempt; ``None`` when it got no answer."""
-    reason: str
-    """LINE's error message, or what went wrong on the way."""
-    attempts: int
-    request_id: Optional[str]
-    """LINE's ``x-line-request-id`` of the last attempt, for LINE's support."""
-
-
-class _Body:
-    """The waiters of one submitted body still unsettled, and its deadline timer.
-
-    The timer is cancelled as soon as the last waiter settles, so a body's
-    waiters are not kept alive until its deadline just to be found settled.
-    """
-
-    __slots__ = ("timer", "unsettled")
-
-    def __init__(self) -> None:
-        self.unsettled = 0
-        self.timer: Optional[asyncio.TimerHandle] = None
-
-    def settled(self) -> None:
-        self.unsettled -= 1
-        if self.unsettled == 0 and self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-
-class _Waiter:
-    __slots__ = ("body", "done", "expired", "key", "sent")
-
-    def __init__(self, key: Key, loop: asyncio.AbstractEventLoop) -> None:
-        self.key = key
-        self.done: asyncio.Future[Outcome] = loop.create_future()
-        # Whether a request covering this message has gone out: the body's
-        # timeout never releases a handler before that.
-        self.sent = False
-        self.expired = False
-        self.body: Optional[_Body] = None
-
-    def release(self, outcome: Outcome) -> None:
-        if not self.done.done():
-            self.done.set_result(outcome)
-            if self.body is not None:
-                self.body.settled()
-
-    def mark_sent(self) -> None:
-        self.sent = True
-        if self.expired:
-            self.release(Outcome.TIMED_OUT)
-
-    def expire(self) -> None:
-        """The body's ``wait_timeout`` is over: ``TIMED_OUT``, once the request is out."""
-        self.expired = True
-        if self.sent:
-            self.release(Outcome.TIMED_OUT)
-
-
-class _Job:
-    __slots__ = ("in_flight", "key", "sent", "superseded", "target", "task")
-
-    def __init__(self, target: ReadTarget, key: Key) -> None:
-        self.target = target
-        self.key = key
-        self.task: Optional[asyncio.Task[None]] = None
-        self.in_flight = False
-        self.sent = False
-        self.superseded = False
-
-
-class _Chat:
-    __slots__ = ("jobs", "marked", "waiters")
-
-    def __init__(self) -> None:
-        self.marked: Optional[Key] = None
-        self.jobs: list[_Job] = []
-        self.waiters: list[_Waiter] = []
-
-    def is_idle(self) -> bool:
-        return not self.jobs and not self.waiters
-
-    def covers(self, key: Key) -> bool:
-        return self.marked is not None and self.marked >= key
-
-
-@attrs.frozen
-class Ticket:
-    """The waiters of one batch (a webhook body), in order; ``None`` where nothing is marked."""
-
-    waiters: tuple[Optional[_Waiter], ...]
-
-    async def outcome(self, index: int) -> Outcome:
-        """Wait for event *index* (a waiter has one consumer: awaiting it directly is safe)."""
-        waiter = self.waiters[index]
-        return Outcome.SKIPPED if waiter is None else await waiter.done
 
 
 class Engine:
@@ -183,7 +60,7 @@ class Engine:
             max_connections=settings.max_concurrency,
         )
         self._slots = asyncio.Semaphore(settings.max_concurrency)
-        self._chats: OrderedDict[ChatId, _Chat] = OrderedDict()
+        self._chats: OrderedDict[ChatId, Chat] = OrderedDict()
         self._seen_events: OrderedDict[str, Key] = OrderedDict()
         self._sequence = itertools.count()
         self._rng = random.Random(settings.jitter_seed)
@@ -235,8 +112,8 @@ class Engine:
         counters = self.counters
         if deadline is None:
             deadline = self._loop.time() + self._settings.wait_timeout
-        waiters: list[Optional[_Waiter]] = []
-        newest: dict[ChatId, tuple[Key, ReadTarget, _Chat]] = {}
+        waiters: list[Optional[Waiter]] = []
+        newest: dict[ChatId, tuple[Key, ReadTarget, Chat]] = {}
         for target in targets:
             if target is None:
                 waiters.append(None)
@@ -259,14 +136,14 @@ class Engine:
             self._start(chat, key, target)
         pending = [w for w in waiters if w is not None and not w.done.done()]
         if pending:
-            body = _Body()
+            body = BodyWaiters()
             body.unsettled = len(pending)
             for waiter in pending:
                 waiter.body = body
-            body.timer = self._loop.call_at(deadline, _expire, pending)
+            body.timer = self._loop.call_at(deadline, expire_all, pending)
         return Ticket(tuple(waiters))
 
-    def _key_of(self, target: ReadTarget, chat: _Chat) -> tuple[Key, bool]:
+    def _key_of(self, target: ReadTarget, chat: Chat) -> tuple[Key, bool]:
         """The message's order key, and whether it may need a request.
 
         A redelivered event (same ``webhookEventId``) keeps the key it had, so
@@ -287,13 +164,13 @@ class Engine:
                 self._seen_events.popitem(last=False)
         return key, True
 
-    def _chat(self, chat_id: ChatId) -> _Chat:
+    def _chat(self, chat_id: ChatId) -> Chat:
         chat = self._chats.get(chat_id)
         if chat is not None:
             self._chats.move_to_end(chat_id)
             return chat
         self._forget_idle_chats()
-        chat = self._chats[chat_id] = _Chat()
+        chat = self._chats[chat_id] = Chat()
         return chat
 
     def _forget_idle_chats(self) -> None:
@@ -311,8 +188,8 @@ class Engine:
                 del self._chats[chat_id]
                 excess -= 1
 
-    def _add_waiter(self, chat: _Chat, key: Key) -> _Waiter:
-        waiter = _Waiter(key, self._loop)
+    def _add_waiter(self, chat: Chat, key: Key) -> Waiter:
+        waiter = Waiter(key, self._loop)
         if chat.covers(key):
             waiter.release(Outcome.MARKED)
             return waiter
@@ -321,7 +198,7 @@ class Engine:
         chat.waiters.append(waiter)
         return waiter
 
-    def _start(self, chat: _Chat, key: Key, target: ReadTarget) -> None:
+    def _start(self, chat: Chat, key: Key, target: ReadTarget) -> None:
         if chat.covers(key):
             self.counters.already_read += 1
             return
@@ -332,13 +209,13 @@ class Engine:
                 return
             for job in list(chat.jobs):
                 self._supersede(chat, job)
-        job = _Job(target, key)
+        job = Job(target, key)
         chat.jobs.append(job)
         job.task = self._loop.create_task(self._run(chat, job))
         self._tasks.add(job.task)
         job.task.add_done_callback(self._tasks.discard)
 
-    def _supersede(self, chat: _Chat, job: _Job) -> None:
+    def _supersede(self, chat: Chat, job: Job) -> None:
         if job.superseded:
             return
         job.superseded = True
@@ -354,7 +231,7 @@ class Engine:
 
     # -- running one mark -------------------------------------------------
 
-    async def _run(self, chat: _Chat, job: _Job) -> None:
+    async def _run(self, chat: Chat, job: Job) -> None:
         give_up_at = self._loop.time() + self._settings.retry_deadline
         attempt = refund = 0
         response: Optional[ApiResponse] = None
@@ -403,7 +280,7 @@ class Engine:
                 chat.jobs.remove(job)
 
     async def _clearance(
-        self, chat: _Chat, job: _Job, give_up_at: float, *, first: bool
+        self, chat: Chat, job: Job, give_up_at: float, *, first: bool
     ) -> Optional[str]:
         """Wait out the channel's 429 pause; a reason not to send at all, or ``None`` to go."""
         while True:
@@ -421,7 +298,7 @@ class Engine:
             await asyncio.sleep(0.0 if is_testing() else pause)
 
     async def _attempt(
-        self, chat: _Chat, job: _Job, attempt: int
+        self, chat: Chat, job: Job, attempt: int
     ) -> tuple[Optional[ApiResponse], str, bool]:
         """One request: (LINE's answer or ``None``, what went wrong, whether it timed out)."""
         async with self._slots:
@@ -437,7 +314,7 @@ class Engine:
             finally:
                 job.in_flight = False
 
-    def _heed(self, job: _Job, response: Optional[ApiResponse]) -> None:
+    def _heed(self, job: Job, response: Optional[ApiResponse]) -> None:
         """Let the whole channel learn from a 401, 403 or 429."""
         if response is None:
             return
@@ -460,12 +337,12 @@ class Engine:
             return None, 0
         return delay, cost
 
-    def _note_sent(self, chat: _Chat, key: Key) -> None:
+    def _note_sent(self, chat: Chat, key: Key) -> None:
         for waiter in chat.waiters:
             if waiter.key <= key:
                 waiter.mark_sent()
 
-    def _on_marked(self, chat: _Chat, job: _Job) -> None:
+    def _on_marked(self, chat: Chat, job: Job) -> None:
         self.counters.marked += 1
         _trace("marked", job)
         if chat.marked is None or job.key > chat.marked:
@@ -483,8 +360,8 @@ class Engine:
 
     def _on_failed(
         self,
-        chat: _Chat,
-        job: _Job,
+        chat: Chat,
+        job: Job,
         attempts: int,
         response: Optional[ApiResponse],
         error: str,
@@ -567,11 +444,6 @@ class Engine:
         await self._transport.aclose()
 
 
-def _expire(waiters: list[_Waiter]) -> None:
-    for waiter in waiters:
-        waiter.expire()
-
-
 def _start_async_generator(generator: AsyncIterator[None]) -> None:
     """Run *generator* to its first ``yield`` now, which registers it with the running loop."""
     step = generator.__anext__()
@@ -582,7 +454,7 @@ def _start_async_generator(generator: AsyncIterator[None]) -> None:
     raise RuntimeError("the shutdown hook did not stop at its first yield")
 
 
-def _trace(what: str, job: _Job, **fields: object) -> None:
+def _trace(what: str, job: Job, **fields: object) -> None:
     """A DEBUG record per step of a mark, with structured ``extra`` for tools (the demo's timeline).
 
     Attributes on the record: ``markread_event`` (sent, retry, marked,

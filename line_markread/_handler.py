@@ -14,10 +14,10 @@ from typing import Any, Callable, Optional, TypeVar, Union
 import linebot.v3
 
 from ._body import parse_body
-from ._dispatch import Plan, Route, plan_body, route_key
-from ._engine import Outcome
+from ._dispatch import MarkPolicy, Plan, Route, plan_body, route_key, validate_policy
 from ._marker import Marker
-from ._settings import MarkPolicy, Settings, validate_policy
+from ._outcome import Outcome
+from ._settings import Settings
 
 log = logging.getLogger(__name__)
 

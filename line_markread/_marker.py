@@ -21,10 +21,12 @@ from typing import Any, Optional, Union
 
 import attrs
 
-from ._engine import Engine, Outcome, Ticket
+from ._chat import Ticket
+from ._engine import Engine
 from ._guard import ChannelGuard
 from ._http import Credentials
 from ._loop_thread import LoopThread
+from ._outcome import Outcome
 from ._settings import Settings
 from ._stats import Counters, Stats
 from ._targets import ReadTarget, Skip, raw_event, read_target

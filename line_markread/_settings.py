@@ -9,18 +9,12 @@ handlers and the HTTP answer; retries carry on in the background.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Optional, Union, cast
+from typing import Any, Callable, Optional
 
 import attrs
 
-Mode = Literal["auto", "token", "user"]
-"""Which mark-as-read endpoint to use; see ``Settings.mode``."""
-
-Decision = Union[bool, Literal["nowait"]]
-"""What one handler wants for one event: ``True``, ``False`` or ``"nowait"``."""
-
-MarkPolicy = Union[bool, Literal["nowait"], Callable[[Any], Decision]]
-"""The ``mark_as_read=`` value of ``handler.add(...)``: a decision, or a function of the event."""
+from ._outcome import MarkFailure
+from ._targets import Mode
 
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -128,28 +122,10 @@ class Settings:
     close_grace: float = attrs.field(default=2.0, validator=_non_negative)
     """How long ``close()``/``aclose()`` lets pending marks finish before cancelling them."""
 
-    on_failure: Optional[Callable[[Any], None]] = attrs.field(
+    on_failure: Optional[Callable[[MarkFailure], None]] = attrs.field(
         default=None, validator=_optional_callable
     )
     """Called with a ``MarkFailure`` (no secrets in it) when a mark fails for good."""
 
     jitter_seed: Optional[int] = attrs.field(default=None)
     """Seed for the backoff jitter, for reproducible runs (demo, tests)."""
-
-
-def is_decision(value: object) -> bool:
-    """``True``, ``False`` or ``"nowait"``, compared by identity: ``1`` or ``None`` are not."""
-    return value is True or value is False or (isinstance(value, str) and value == "nowait")
-
-
-def validate_policy(policy: object) -> MarkPolicy:
-    """Check a ``mark_as_read=`` value where it is given, not when the first message comes.
-
-    Compared with ``is``: ``1``, ``0``, ``""`` or ``None`` are mistakes, not
-    shorthands, and must not silently turn into "mark" or "don't mark".
-    """
-    if is_decision(policy) or callable(policy):
-        return cast(MarkPolicy, policy)  # checked just above (TypeGuard needs Python 3.10)
-    raise TypeError(
-        f"mark_as_read must be True, False, 'nowait' or a callable(event), got {policy!r}"
-    )

@@ -10,11 +10,12 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import attrs
 
-from ._settings import Mode
+Mode = Literal["auto", "token", "user"]
+"""Which mark-as-read endpoint to use; see ``Settings.mode``."""
 
 
 class Endpoint(enum.Enum):

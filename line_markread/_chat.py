@@ -1,0 +1,115 @@
+"""Per-chat state of the marking engine: watermark, marks in progress, waiters.
+
+Plain records with no I/O, so ``_engine`` reads as the state machine alone.
+Everything here is touched only from the engine's event loop.
+
+Messages are ordered by ``Key = (timestamp, arrival sequence)``: LINE's
+timestamp first, the order the plugin saw them second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Optional
+
+import attrs
+
+from ._outcome import Outcome
+from ._targets import ReadTarget
+
+Key = tuple[int, int]
+"""(LINE timestamp in ms, arrival sequence): the order of messages in a chat."""
+
+
+class BodyWaiters:
+    """The waiters of one submitted body still unsettled, and its deadline timer.
+
+    The timer is cancelled as soon as the last waiter settles, so a body's
+    waiters are not kept alive until its deadline just to be found settled.
+    """
+
+    __slots__ = ("timer", "unsettled")
+
+    def __init__(self) -> None:
+        self.unsettled = 0
+        self.timer: Optional[asyncio.TimerHandle] = None
+
+    def settled(self) -> None:
+        self.unsettled -= 1
+        if self.unsettled == 0 and self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class Waiter:
+    __slots__ = ("body", "done", "expired", "key", "sent")
+
+    def __init__(self, key: Key, loop: asyncio.AbstractEventLoop) -> None:
+        self.key = key
+        self.done: asyncio.Future[Outcome] = loop.create_future()
+        # Whether a request covering this message has gone out: the body's
+        # timeout never releases a handler before that.
+        self.sent = False
+        self.expired = False
+        self.body: Optional[BodyWaiters] = None
+
+    def release(self, outcome: Outcome) -> None:
+        if not self.done.done():
+            self.done.set_result(outcome)
+            if self.body is not None:
+                self.body.settled()
+
+    def mark_sent(self) -> None:
+        self.sent = True
+        if self.expired:
+            self.release(Outcome.TIMED_OUT)
+
+    def expire(self) -> None:
+        """The body's ``wait_timeout`` is over: ``TIMED_OUT``, once the request is out."""
+        self.expired = True
+        if self.sent:
+            self.release(Outcome.TIMED_OUT)
+
+
+class Job:
+    __slots__ = ("in_flight", "key", "sent", "superseded", "target", "task")
+
+    def __init__(self, target: ReadTarget, key: Key) -> None:
+        self.target = target
+        self.key = key
+        self.task: Optional[asyncio.Task[None]] = None
+        self.in_flight = False
+        self.sent = False
+        self.superseded = False
+
+
+class Chat:
+    __slots__ = ("jobs", "marked", "waiters")
+
+    def __init__(self) -> None:
+        self.marked: Optional[Key] = None
+        self.jobs: list[Job] = []
+        self.waiters: list[Waiter] = []
+
+    def is_idle(self) -> bool:
+        return not self.jobs and not self.waiters
+
+    def covers(self, key: Key) -> bool:
+        return self.marked is not None and self.marked >= key
+
+
+@attrs.frozen
+class Ticket:
+    """The waiters of one batch (a webhook body), in order; ``None`` where nothing is marked."""
+
+    waiters: tuple[Optional[Waiter], ...]
+
+    async def outcome(self, index: int) -> Outcome:
+        """Wait for event *index* (a waiter has one consumer: awaiting it directly is safe)."""
+        waiter = self.waiters[index]
+        return Outcome.SKIPPED if waiter is None else await waiter.done
+
+
+def expire_all(waiters: list[Waiter]) -> None:
+    for waiter in waiters:
+        waiter.expire()

@@ -1,0 +1,44 @@
+"""What became of a mark: the values the engine hands back to callers and to ``on_failure``.
+
+A leaf module, so the settings (which type ``on_failure``), the engine and
+the public ``__init__`` can all name these without importing each other.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Optional
+
+import attrs
+
+from ._targets import ChatId
+
+
+class Outcome(enum.Enum):
+    """What became of one event's mark, as far as its caller waited."""
+
+    MARKED = "marked"
+    """LINE answered 200 for this message or a newer one of its chat."""
+    FAILED = "failed"
+    """The mark failed for good (final error, attempts or deadline exhausted, closed)."""
+    TIMED_OUT = "timed out"
+    """``wait_timeout`` passed first; the request was sent and marking goes on."""
+    PENDING = "pending"
+    """Not waited for (``"nowait"``, or ``wait=False``); marking goes on."""
+    SKIPPED = "skipped"
+    """Nothing was sent: no usable target, or the handler opted out."""
+
+
+@attrs.frozen
+class MarkFailure:
+    """Handed to ``on_failure`` when a mark fails for good.  Holds no token or secret."""
+
+    chat: ChatId
+    endpoint: str
+    status: Optional[int]
+    """LINE's HTTP status of the last attempt; ``None`` when it got no answer."""
+    reason: str
+    """LINE's error message, or what went wrong on the way."""
+    attempts: int
+    request_id: Optional[str]
+    """LINE's ``x-line-request-id`` of the last attempt, for LINE's support."""
