@@ -18,14 +18,14 @@ from linebot.v3.exceptions import InvalidSignatureError
 from linebot.v3.messaging import ApiClient, MessagingApi, ReplyMessageRequest, TextMessage
 from linebot.v3.webhooks import MessageEvent, StickerMessageContent, TextMessageContent
 
-from line_markread import mark_as_read
+from line_markread import install
 
 app = Flask(__name__)
 
 channel_secret, configuration = line_settings()
 
 # The one-line change: every message is marked read before its handler runs.
-handler = mark_as_read(WebhookHandler(channel_secret), configuration=configuration)
+handler = install(WebhookHandler(channel_secret), configuration=configuration)
 
 
 @app.route("/callback", methods=["POST"])

@@ -18,6 +18,7 @@ from ._dispatch import MarkPolicy, Plan, Route, plan_body, route_key, validate_p
 from ._marker import Marker
 from ._outcome import Outcome
 from ._settings import Settings
+from ._stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +119,13 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                     "call 'await handler.handle_async(body, signature)' from async code"
                 )
         marker = self._markread_marker
-        ticket = marker.submit(plan.targets, skipped=plan.skipped, opted_out=plan.opted_out)
+        ticket = marker._submit(plan.targets, skipped=plan.skipped, opted_out=plan.opted_out)
         for index, step in enumerate(plan.steps):
             if step.route is None:
                 log.info("No handler for %s and no default handler", type(step.event).__name__)
                 continue
             if step.decision is True:
-                marker.wait_event(ticket, index)
+                marker._wait_event(ticket, index)
             result = step.route.call(step.event, plan.destination)
             if inspect.isawaitable(result):  # e.g. a functools.partial of an async function
                 if inspect.iscoroutine(result):
@@ -138,13 +139,13 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         """``handle()`` for async frameworks: marks on the running loop; handlers may be async."""
         plan = self._plan(body, signature)
         marker = self._markread_marker
-        ticket = await marker.asubmit(plan.targets, skipped=plan.skipped, opted_out=plan.opted_out)
+        ticket = await marker._asubmit(plan.targets, skipped=plan.skipped, opted_out=plan.opted_out)
         for index, step in enumerate(plan.steps):
             if step.route is None:
                 log.info("No handler for %s and no default handler", type(step.event).__name__)
                 continue
             if step.decision is True:
-                await marker.await_event(ticket, index)
+                await marker._await_event(ticket, index)
             result = step.route.call(step.event, plan.destination)
             if inspect.isawaitable(result):
                 await result
@@ -168,7 +169,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     def settings(self) -> Settings:
         return self._markread_marker.settings
 
-    def stats(self) -> Any:
+    def stats(self) -> Stats:
         """An immutable ``Stats`` snapshot of the counters."""
         return self._markread_marker.stats()
 
@@ -205,7 +206,7 @@ def _marking_class(base: type) -> type:
     return _marking_classes[base]
 
 
-def mark_as_read(
+def install(
     handler: linebot.v3.WebhookHandler,
     *,
     access_token: Optional[str] = None,
@@ -223,7 +224,7 @@ def mark_as_read(
         raise ValueError("line_markread is already installed on this handler")
     if not isinstance(handler, linebot.v3.WebhookHandler):
         raise TypeError(
-            f"mark_as_read() takes a linebot.v3.WebhookHandler, got {type(handler).__name__}"
+            f"install() takes a linebot.v3.WebhookHandler, got {type(handler).__name__}"
         )
     marker = Marker(access_token=access_token, configuration=configuration, **options)
     # The SDK keeps its registrations in `_handlers` (keyed like route_key) and

@@ -131,7 +131,7 @@ class Marker:
 
     # -- events -> targets (pure) ----------------------------------------
 
-    def target_of(self, event: Any) -> Union[ReadTarget, Skip]:
+    def _target_of(self, event: Any) -> Union[ReadTarget, Skip]:
         """How *event* (an SDK event or its webhook JSON) would be marked, or why it would not."""
         return read_target(
             raw_event(event), mode=self._settings.mode, mark_standby=self._settings.mark_standby
@@ -149,25 +149,25 @@ class Marker:
         targets: list[Optional[ReadTarget]] = []
         skipped = 0
         for event in events:
-            target = self.target_of(event)
+            target = self._target_of(event)
             if isinstance(target, Skip):
                 skipped += target is not Skip.NOT_A_MESSAGE
                 targets.append(None)
             else:
                 targets.append(target)
-        ticket = await self.asubmit(targets, skipped=skipped)
+        ticket = await self._asubmit(targets, skipped=skipped)
         if not wait:
             return [Outcome.SKIPPED if w is None else Outcome.PENDING for w in ticket.waiters]
-        return [await self.await_event(ticket, index) for index in range(len(targets))]
+        return [await self._await_event(ticket, index) for index in range(len(targets))]
 
     def mark(self, events: Iterable[Any], *, wait: bool = True) -> list[Outcome]:
         """Blocking twin of ``amark`` for synchronous code (it runs on a background loop)."""
         events = list(events)
         return self._thread.run(self.amark(events, wait=wait))
 
-    # The two halves of a handler's body: start every mark, then wait per event.
+    # The handler's protocol, private: start every mark of a body, then wait per event.
 
-    async def asubmit(
+    async def _asubmit(
         self, targets: Sequence[Optional[ReadTarget]], *, skipped: int = 0, opted_out: int = 0
     ) -> Ticket:
         """Start marking *targets* on the running loop (``None``: nothing to mark)."""
@@ -177,17 +177,17 @@ class Marker:
             return Ticket((None,) * len(targets))
         return self._engine().submit(targets)
 
-    async def await_event(self, ticket: Ticket, index: int) -> Outcome:
+    async def _await_event(self, ticket: Ticket, index: int) -> Outcome:
         """Wait for the mark of event *index* (at most until the body's ``wait_timeout``)."""
         outcome = await ticket.outcome(index)
         if outcome is Outcome.TIMED_OUT:
             self._count(timed_out=1)
         return outcome
 
-    def submit(
+    def _submit(
         self, targets: Sequence[Optional[ReadTarget]], *, skipped: int = 0, opted_out: int = 0
     ) -> BlockingTicket:
-        """``asubmit`` for threads: hands the body to the background loop without waiting.
+        """``_asubmit`` for threads: hands the body to the background loop without waiting.
 
         One wake-up of the loop thread to start the marks and one of the
         caller per event it waits for: the least a thread hop allows.
@@ -223,8 +223,8 @@ class Marker:
     async def _aengine(self) -> Engine:
         return self._engine()
 
-    def wait_event(self, ticket: BlockingTicket, index: int) -> Outcome:
-        """Blocking twin of ``await_event``."""
+    def _wait_event(self, ticket: BlockingTicket, index: int) -> Outcome:
+        """Blocking twin of ``_await_event``."""
         future = ticket.futures[index]
         if future is None:
             return Outcome.SKIPPED

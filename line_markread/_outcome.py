@@ -35,6 +35,8 @@ class MarkFailure:
 
     chat: ChatId
     endpoint: str
+    """The API path the mark went to: ``/v2/bot/chat/markAsRead`` (read token) or
+    ``/v2/bot/message/markAsRead`` (user ID)."""
     status: Optional[int]
     """LINE's HTTP status of the last attempt; ``None`` when it got no answer."""
     reason: str

@@ -18,17 +18,42 @@ from ._settings import Settings
 _testing = False
 
 
-def set_testing(on: bool = True) -> None:
+class _RestoreTesting:
+    """What ``set_testing`` returns: leaving its ``with`` block restores the previous state."""
+
+    __slots__ = ("_previous",)
+
+    def __init__(self, previous: bool) -> None:
+        self._previous = previous
+
+    def __repr__(self) -> str:
+        return f"<set_testing: restores {self._previous} on exit>"
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _testing  # noqa: PLW0603 - one process-wide switch is the point
+        _testing = self._previous
+
+
+def set_testing(on: bool = True) -> _RestoreTesting:
     """Turn backoff waits off (``True``) or back on, for fast tests of bots using the plugin.
 
     Attempts, classification and counting are unchanged; only the sleeping
-    between attempts is skipped.  Like ``stamina.set_testing``.
+    between attempts is skipped.  Takes effect at once; used as a context
+    manager (``with set_testing(True): ...``) it also restores the previous
+    state on exit, like ``stamina.set_testing``.
     """
-    global _testing  # noqa: PLW0603 - one process-wide switch is the point
-    _testing = on
+    global _testing
+    if not isinstance(on, bool):
+        raise TypeError(f"set_testing takes True or False, got {on!r}")
+    previous, _testing = _testing, on
+    return _RestoreTesting(previous)
 
 
 def is_testing() -> bool:
+    """Whether ``set_testing(True)`` is in force (backoff waits skipped)."""
     return _testing
 
 

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from line_markread import WebhookHandler
+from line_markread import WebhookHandler, set_testing
 from line_markread.testing import FakeLinePlatform
 
 from .support import SECRET, AsyncDriver, Driver, HandlerFactory, SyncDriver
@@ -15,6 +15,13 @@ from .support import SECRET, AsyncDriver, Driver, HandlerFactory, SyncDriver
 def fake() -> Iterator[FakeLinePlatform]:
     with FakeLinePlatform() as platform:
         yield platform
+
+
+@pytest.fixture
+def no_backoff() -> Iterator[None]:
+    """Backoff waits off for one test (``set_testing``), the previous state restored after."""
+    with set_testing(True):
+        yield
 
 
 @pytest.fixture(params=["sync", "async"])

@@ -25,7 +25,7 @@ from line_markread import (
     Settings,
     WebhookBodyError,
     WebhookHandler,
-    mark_as_read,
+    install,
 )
 from line_markread.testing import (
     FakeLinePlatform,
@@ -108,9 +108,7 @@ def test_the_configurations_host_and_token_are_used(fake: FakeLinePlatform) -> N
 # -- installing onto an existing handler --------------------------------------
 
 
-def test_mark_as_read_upgrades_the_sdk_handler_in_place(
-    fake: FakeLinePlatform, driver: Driver
-) -> None:
+def test_install_upgrades_the_sdk_handler_in_place(fake: FakeLinePlatform, driver: Driver) -> None:
     sdk_handler = linebot.v3.WebhookHandler(SECRET)
     ran: list[str] = []
 
@@ -119,7 +117,7 @@ def test_mark_as_read_upgrades_the_sdk_handler_in_place(
 
     sdk_handler.add(MessageEvent, message=TextMessageContent)(registered_before)
 
-    handler = mark_as_read(sdk_handler, configuration=fake.configuration())
+    handler = install(sdk_handler, configuration=fake.configuration())
 
     @handler.add(MessageEvent, message=StickerMessageContent, mark_as_read=False)
     def registered_after(event: Any) -> None:
@@ -137,10 +135,10 @@ def test_mark_as_read_upgrades_the_sdk_handler_in_place(
     assert ran == ["before", "after"]
     assert sent_tokens(fake) == [token_of(text)]
     with pytest.raises(ValueError, match="already installed"):
-        mark_as_read(handler, access_token="t")
+        install(handler, access_token="t")
 
 
-def test_mark_as_read_keeps_a_subclass_and_its_default(fake: FakeLinePlatform) -> None:
+def test_install_keeps_a_subclass_and_its_default(fake: FakeLinePlatform) -> None:
     class MyHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # untyped SDK
         def greeting(self) -> str:
             return "hi"
@@ -149,7 +147,7 @@ def test_mark_as_read_keeps_a_subclass_and_its_default(fake: FakeLinePlatform) -
     defaults: list[str] = []
     mine.default()(lambda event: defaults.append("default"))
 
-    handler = mark_as_read(mine, configuration=fake.configuration())
+    handler = install(mine, configuration=fake.configuration())
     try:
         assert isinstance(handler, MyHandler)
         assert handler.greeting() == "hi"
@@ -162,9 +160,9 @@ def test_mark_as_read_keeps_a_subclass_and_its_default(fake: FakeLinePlatform) -
     assert sent_tokens(fake) == [token_of(sticker)]
 
 
-def test_mark_as_read_refuses_what_is_not_an_sdk_handler() -> None:
+def test_install_refuses_what_is_not_an_sdk_handler() -> None:
     with pytest.raises(TypeError, match=r"linebot\.v3\.WebhookHandler"):
-        mark_as_read(object(), access_token="t")
+        install(object(), access_token="t")
 
 
 # -- bad input ----------------------------------------------------------------
@@ -429,7 +427,7 @@ def test_stats_are_an_immutable_snapshot(
 
     assert (before.requests, after.requests, after.marked) == (0, 1, 1)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
-        after.requests = 0
+        after.requests = 0  # type: ignore[misc]  # the mutation under test
 
 
 def test_an_opted_out_handler_can_mark_later(fake: FakeLinePlatform) -> None:

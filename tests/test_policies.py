@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from linebot.v3.webhooks import MessageEvent, TextMessageContent
 
-from line_markread import ChatId, Endpoint, ReadTarget, Settings, Skip
+from line_markread import ChatId, Settings, is_testing, set_testing
 from line_markread._http import ApiResponse, parse_retry_after
 from line_markread._retry import Verdict, classify, next_delay
-from line_markread._targets import read_target
-from line_markread.testing import FakeLinePlatform, set_testing, text_event
+from line_markread._targets import Endpoint, ReadTarget, Skip, read_target
+from line_markread.testing import FakeLinePlatform, text_event
 
 from .support import Driver, HandlerFactory
 from .test_handler import TOKEN_PATH, body_of
@@ -84,14 +83,24 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after(None) is None
 
 
-@pytest.fixture
-def testing_mode() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
+def test_set_testing_restores_the_previous_state_as_a_context_manager() -> None:
+    assert is_testing() is False
+    with set_testing(True):
+        assert is_testing() is True
+        with set_testing(False):
+            assert is_testing() is False
+        assert is_testing() is True
+    assert is_testing() is False
+    set_testing(True)  # also takes effect without a with-block
+    try:
+        assert is_testing() is True
+    finally:
+        set_testing(False)
+    with pytest.raises(TypeError):
+        set_testing(1)  # type: ignore[arg-type]  # the mistake under test
 
 
-@pytest.mark.usefixtures("testing_mode")
+@pytest.mark.usefixtures("no_backoff")
 def test_set_testing_turns_waiting_off_but_not_retrying(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:

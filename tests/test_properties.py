@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from linebot.v3.webhooks import MessageEvent, TextMessageContent
 
 from line_markread import WebhookHandler
-from line_markread.testing import FakeLinePlatform, Fault, set_testing, signed_body, text_event
+from line_markread.testing import FakeLinePlatform, Fault, signed_body, text_event
 
 from .support import SECRET
 
@@ -345,15 +345,6 @@ def check_properties(
 
 
 # -- the tests --------------------------------------------------------------------
-
-
-@pytest.fixture
-def no_backoff() -> Iterator[None]:
-    set_testing(True)
-    try:
-        yield
-    finally:
-        set_testing(False)
 
 
 def hypothesis_settings(soak: bool) -> settings:

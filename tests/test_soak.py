@@ -38,7 +38,6 @@ from line_markread import MarkFailure, Stats, WebhookHandler
 from line_markread.testing import (
     FakeLinePlatform,
     Fault,
-    set_testing,
     signed_body,
     text_event,
 )
@@ -220,15 +219,6 @@ def end_of_phase(handler: WebhookHandler, run: Run) -> None:
     """
     run.tracked.append(handler.marker.tracked_chats())
     run.retained.append(retained_by_package())
-
-
-@pytest.fixture
-def no_backoff() -> Iterator[None]:
-    set_testing(True)
-    try:
-        yield
-    finally:
-        set_testing(False)
 
 
 # -- the checks, shared by both paths ---------------------------------------------

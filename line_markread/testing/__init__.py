@@ -15,15 +15,20 @@ Nothing here talks to LINE.
 
 from __future__ import annotations
 
-from .._retry import set_testing
-from ._assertions import (
+from .._retry import is_testing, set_testing
+from ._assertions import assert_marked_before_replied, assert_not_marked
+from ._fake_platform import (
+    BOT_INFO_PATH,
+    REPLY_PATH,
+    TOKEN_MARK_AS_READ_PATH,
+    USER_MARK_AS_READ_PATH,
+    FakeLinePlatform,
+    Fault,
+    RecordedRequest,
+)
+from ._webhooks import (
     SignedWebhook,
     WebhookFactory,
-    assert_marked_before_replied,
-    assert_not_marked,
-)
-from ._fake_platform import FakeLinePlatform, Fault, RecordedRequest
-from ._webhooks import (
     follow_event,
     image_event,
     message_event,
@@ -37,6 +42,10 @@ from ._webhooks import (
 )
 
 __all__ = [
+    "BOT_INFO_PATH",
+    "REPLY_PATH",
+    "TOKEN_MARK_AS_READ_PATH",
+    "USER_MARK_AS_READ_PATH",
     "FakeLinePlatform",
     "Fault",
     "RecordedRequest",
@@ -46,6 +55,7 @@ __all__ = [
     "assert_not_marked",
     "follow_event",
     "image_event",
+    "is_testing",
     "message_event",
     "postback_event",
     "set_testing",

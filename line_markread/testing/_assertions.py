@@ -1,4 +1,4 @@
-"""Checks of the ordering guarantee on a ``FakeLinePlatform``'s records, and signed webhooks.
+"""Checks of the ordering guarantee on a ``FakeLinePlatform``'s records.
 
 Plain functions raising ``AssertionError`` with a readable account of the
 requests, usable from any test runner; the pytest plugin builds its
@@ -20,64 +20,10 @@ from ._fake_platform import (
     FakeLinePlatform,
     RecordedRequest,
 )
-from ._webhooks import DEFAULT_DESTINATION, sign, webhook_body
 
-__all__ = [
-    "SignedWebhook",
-    "WebhookFactory",
-    "assert_marked_before_replied",
-    "assert_not_marked",
-]
-
-SIGNATURE_HEADER = "X-Line-Signature"
+__all__ = ["assert_marked_before_replied", "assert_not_marked"]
 
 Event = Mapping[str, Any]
-
-
-@attrs.frozen
-class SignedWebhook:
-    """A webhook request as LINE would send it: POST ``body`` with ``headers``."""
-
-    body: str
-    signature: str
-    events: tuple[Event, ...] = attrs.field(repr=False)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """``X-Line-Signature`` and ``Content-Type``, as LINE sends them."""
-        return {SIGNATURE_HEADER: self.signature, "Content-Type": "application/json"}
-
-
-class WebhookFactory:
-    """Makes signed webhook requests for one channel secret and remembers their events."""
-
-    def __init__(self, channel_secret: str) -> None:
-        self.channel_secret = channel_secret
-        self.events: list[Event] = []
-        """Every event signed so far, in order."""
-
-    def __repr__(self) -> str:
-        return f"<WebhookFactory events={len(self.events)}>"
-
-    def __call__(self, *events: Event, destination: str = DEFAULT_DESTINATION) -> SignedWebhook:
-        """A signed webhook carrying *events* in order (none: LINE's "Verify" request)."""
-        body = webhook_body(*events, destination=destination)
-        self.events.extend(events)
-        return SignedWebhook(body=body, signature=self.sign(body), events=tuple(events))
-
-    def sign(self, body: str | bytes) -> str:
-        """The ``X-Line-Signature`` of *body* under this channel secret."""
-        return sign(body, self.channel_secret)
-
-    def assert_marked_before_replied(
-        self, platform: FakeLinePlatform, *, replies: Optional[int] = None, timeout: float = 5.0
-    ) -> None:
-        """``assert_marked_before_replied`` over every event this factory signed."""
-        assert_marked_before_replied(platform, self.events, replies=replies, timeout=timeout)
-
-    def assert_not_marked(self, platform: FakeLinePlatform, *events: Event) -> None:
-        """``assert_not_marked`` for *events* (say, the ones your bot opts out of)."""
-        assert_not_marked(platform, events)
 
 
 # -- checks -------------------------------------------------------------------

@@ -60,7 +60,7 @@ _ERROR_MESSAGES: Mapping[int, str] = {
 }
 
 _Action = Literal["respond", "hang", "drop", "reset"]
-Outcome = Literal["pending", "responded", "dropped", "abandoned"]
+RequestOutcome = Literal["pending", "responded", "dropped", "abandoned"]
 
 
 @attrs.frozen
@@ -159,7 +159,7 @@ class RecordedRequest:
     """The status sent; None if no response was sent (yet)."""
     request_id: str
     """The ``x-line-request-id`` sent (or that would have been sent)."""
-    outcome: Outcome = "pending"
+    outcome: RequestOutcome = "pending"
     """
     ``pending`` while in flight; ``responded``; ``dropped`` when the fake
     closed the connection without answering (drop/reset faults, or a stop

@@ -28,8 +28,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ._assertions import WebhookFactory
 from ._fake_platform import FakeLinePlatform
+from ._webhooks import WebhookFactory
 
 # -- fixtures -------------------------------------------------------------------
 

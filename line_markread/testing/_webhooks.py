@@ -18,9 +18,19 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
+
+import attrs
+
+from ._assertions import assert_marked_before_replied, assert_not_marked
+from ._fake_platform import FakeLinePlatform
 
 DEFAULT_DESTINATION = "Ufakebotdestination0000000000000"
+
+SIGNATURE_HEADER = "X-Line-Signature"
+
+Event = Mapping[str, Any]
+"""A webhook event as JSON (what the builders return)."""
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -330,3 +340,54 @@ def signed_body(
     """A webhook body carrying *events* and its signature: ``(body, signature)``."""
     body = webhook_body(*events, destination=destination)
     return body, sign(body, channel_secret)
+
+
+# -- signed requests ----------------------------------------------------------
+
+SIGNATURE_HEADER = "X-Line-Signature"
+
+
+@attrs.frozen
+class SignedWebhook:
+    """A webhook request as LINE would send it: POST ``body`` with ``headers``."""
+
+    body: str
+    signature: str
+    events: tuple[Event, ...] = attrs.field(repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """``X-Line-Signature`` and ``Content-Type``, as LINE sends them."""
+        return {SIGNATURE_HEADER: self.signature, "Content-Type": "application/json"}
+
+
+class WebhookFactory:
+    """Makes signed webhook requests for one channel secret and remembers their events."""
+
+    def __init__(self, channel_secret: str) -> None:
+        self.channel_secret = channel_secret
+        self.events: list[Event] = []
+        """Every event signed so far, in order."""
+
+    def __repr__(self) -> str:
+        return f"<WebhookFactory events={len(self.events)}>"
+
+    def __call__(self, *events: Event, destination: str = DEFAULT_DESTINATION) -> SignedWebhook:
+        """A signed webhook carrying *events* in order (none: LINE's "Verify" request)."""
+        body = webhook_body(*events, destination=destination)
+        self.events.extend(events)
+        return SignedWebhook(body=body, signature=self.sign(body), events=tuple(events))
+
+    def sign(self, body: str | bytes) -> str:
+        """The ``X-Line-Signature`` of *body* under this channel secret."""
+        return sign(body, self.channel_secret)
+
+    def assert_marked_before_replied(
+        self, platform: FakeLinePlatform, *, replies: Optional[int] = None, timeout: float = 5.0
+    ) -> None:
+        """``assert_marked_before_replied`` over every event this factory signed."""
+        assert_marked_before_replied(platform, self.events, replies=replies, timeout=timeout)
+
+    def assert_not_marked(self, platform: FakeLinePlatform, *events: Event) -> None:
+        """``assert_not_marked`` for *events* (say, the ones your bot opts out of)."""
+        assert_not_marked(platform, events)
