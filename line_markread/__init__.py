@@ -12,6 +12,7 @@ from ._body import WebhookBodyError
 from ._handler import WebhookHandler, install
 from ._marker import Marker
 from ._outcome import MarkFailure, Outcome
+from ._read_first import read_first
 from ._retry import is_testing, set_testing
 from ._settings import Settings
 from ._stats import Stats
@@ -30,5 +31,6 @@ __all__ = [
     "__version__",
     "install",
     "is_testing",
+    "read_first",
     "set_testing",
 ]

@@ -7,6 +7,7 @@ the handlers in body order, each waiting only for its own chat.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
 from typing import Any, Callable, Optional, TypeVar, Union
@@ -17,12 +18,26 @@ from ._body import parse_body
 from ._dispatch import MarkPolicy, Plan, Route, plan_body, route_key, validate_policy
 from ._marker import Marker
 from ._outcome import Outcome
+from ._read_first import options_of
 from ._settings import Settings
 from ._stats import Stats
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Unset(enum.Enum):
+    """The default of ``add()``'s options: "not given", which ``None`` cannot say.
+
+    ``None`` is a mistake to refuse (``mark_as_read=None`` raises), so it
+    cannot double as the marker for "not given here, maybe by ``@read_first``".
+    """
+
+    UNSET = "unset"
+
+
+UNSET = Unset.UNSET
 
 
 class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SDK is untyped
@@ -65,34 +80,60 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         event: type,
         message: Union[type, list[type], tuple[type, ...], None] = None,
         *,
-        mark_as_read: MarkPolicy = True,
+        mark_as_read: Union[MarkPolicy, Unset] = UNSET,
     ) -> Callable[[F], F]:
         """Register a handler, as in the SDK, with what to do before it runs.
 
-        ``mark_as_read``: ``True`` (mark, and wait for it), ``False`` (never
-        mark: e.g. chats handed to a human agent), ``"nowait"`` (mark, but do
-        not hold the handler), or a function ``(event) -> True | False | "nowait"``
-        called per event before any handler of the body runs.
+        ``mark_as_read``: ``True`` (the default: mark, and wait for it),
+        ``False`` (never mark: e.g. chats handed to a human agent), ``"nowait"``
+        (mark, but do not hold the handler), or a function
+        ``(event) -> True | False | "nowait"`` called per event before any
+        handler of the body runs.  A function decorated with ``@read_first(...)``
+        brings its own options; giving them here as well is an error.
         """
-        policy = validate_policy(mark_as_read)
+        policy = None if mark_as_read is UNSET else validate_policy(mark_as_read)
         messages = message if isinstance(message, (list, tuple)) else [message]
 
         def decorator(func: F) -> F:
+            route = self._markread_route(func, policy)
             for item in messages:
-                self._markread_routes[route_key(event, item)] = Route.of(func, policy)
+                self._markread_routes[route_key(event, item)] = route
             return func
 
         return decorator
 
-    def default(self, *, mark_as_read: MarkPolicy = True) -> Callable[[F], F]:
+    def default(self, *, mark_as_read: Union[MarkPolicy, Unset] = UNSET) -> Callable[[F], F]:
         """Register the handler for events no other handler takes, as in the SDK."""
-        policy = validate_policy(mark_as_read)
+        policy = None if mark_as_read is UNSET else validate_policy(mark_as_read)
 
         def decorator(func: F) -> F:
-            self._markread_default = Route.of(func, policy)
+            self._markread_default = self._markread_route(func, policy)
             return func
 
         return decorator
+
+    def _markread_route(self, func: Callable[..., Any], policy: Optional[MarkPolicy]) -> Route:
+        """The route for *func*: ``add()``'s options, or those of its ``@read_first`` wrapper."""
+        options = options_of(func)
+        if options is None:
+            return Route.of(func, True if policy is None else policy)
+        if policy is not None:
+            raise TypeError(
+                f"{options.func!r}: mark_as_read= given both to handler.add() and to "
+                "@read_first(); give it in one place"
+            )
+        marker = self._markread_marker
+        if options.marker is not None and options.marker is not marker:
+            raise ValueError(
+                f"{options.func!r}: @read_first(marker=...) names another Marker than this "
+                "handler's; on an installed handler, drop marker= (the handler's marker marks)"
+            )
+        if options.configuration is not None and not marker.uses(options.configuration):
+            raise ValueError(
+                f"{options.func!r}: @read_first(configuration=...) names another channel or "
+                "host than this handler's; drop configuration= on an installed handler"
+            )
+        return Route.of(options.func, options.mark_as_read)
 
     # -- handling ---------------------------------------------------------
 
@@ -235,7 +276,7 @@ def install(
     upgraded: WebhookHandler = handler
     upgraded._install_markread(marker)
     for key, func in existing.items():
-        upgraded._markread_routes[key] = Route.of(func, True)
+        upgraded._markread_routes[key] = upgraded._markread_route(func, None)
     if default is not None:
-        upgraded._markread_default = Route.of(default, True)
+        upgraded._markread_default = upgraded._markread_route(default, None)
     return upgraded

@@ -129,6 +129,10 @@ class Marker:
     def closed(self) -> bool:
         return self._closed
 
+    def uses(self, configuration: Any) -> bool:
+        """Whether *configuration* names the same host and access token as this marker."""
+        return Credentials.from_arguments(None, configuration) == self._credentials
+
     # -- events -> targets (pure) ----------------------------------------
 
     def _target_of(self, event: Any) -> Union[ReadTarget, Skip]:
