@@ -22,8 +22,7 @@ from line_markread.testing import (
     text_event,
 )
 
-from .support import SECRET, AsyncDriver
-from .test_handler import body_of, mark_answered_before, token_of
+from .support import SECRET, AsyncDriver, body_of, mark_answered_before, token_of
 
 
 @pytest.fixture
