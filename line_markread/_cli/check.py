@@ -24,7 +24,7 @@ from typing import Any, Optional, TextIO
 
 import attrs
 
-from ._version import __version__
+from .._version import __version__
 
 DEFAULT_HOST = "https://api.line.me"
 BOT_INFO_PATH = "/v2/bot/info"
