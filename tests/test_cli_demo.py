@@ -90,10 +90,22 @@ def test_subprocess_exits_0_with_json_only_on_stdout(
     assert run.summary["version"] == __version__
 
 
-def test_timeline_is_in_time_order(run: Run) -> None:
-    times = [e["t_ms"] for e in run.events]
+def test_witnesses_agree_on_cause_and_effect(run: Run) -> None:
+    """Three witnesses (the bot, the engine's trace, the fake's records) on one clock.
 
-    assert times == sorted(times)
+    If their clocks were not one, a cause would show after its effect: a mark
+    sent before the webhook of its chat came in, or a reply reaching LINE
+    before the handler that sent it ran.
+    """
+    handlers = run.of("handler")
+    assert len(handlers) >= 10
+    for sent in run.of("mark-sent"):
+        webhooks = run.of("webhook", chat=sent["chat"])
+        assert webhooks
+        assert min(w["t_ms"] for w in webhooks) <= sent["t_ms"]
+    for reply in run.of("reply"):
+        (handler,) = run.of("handler", message=reply["message"])
+        assert handler["t_ms"] <= reply["t_ms"]
 
 
 def test_every_marked_reply_follows_a_200_for_its_message_or_a_newer_one(run: Run) -> None:
