@@ -729,3 +729,28 @@ def test_recorded_request_is_frozen() -> None:
     with pytest.raises(AttributeError):
         record.status = 200  # type: ignore[misc]  # frozen: the point of the test
     assert not record.completed
+
+
+async def test_a_token_script_comes_before_the_path_script(
+    fake: FakeLinePlatform, session: aiohttp.ClientSession
+) -> None:
+    fake.script("/v2/bot/chat/markAsRead", 503)
+    fake.script_token("slow-token", Fault.status(500), Fault.status(502))
+    statuses = []
+    for token in ("slow-token", "other", "slow-token", "slow-token", "other"):
+        async with session.post(
+            f"{fake.url}/v2/bot/chat/markAsRead",
+            json={"markAsReadToken": token},
+            headers={"Authorization": f"Bearer {fake.access_token}"},
+        ) as response:
+            statuses.append(response.status)
+    assert statuses == [500, 503, 502, 200, 200]
+    fake.reset()
+    fake.script_token("slow-token", 500)
+    fake.reset()  # forgets token scripts too
+    async with session.post(
+        f"{fake.url}/v2/bot/chat/markAsRead",
+        json={"markAsReadToken": "slow-token"},
+        headers={"Authorization": f"Bearer {fake.access_token}"},
+    ) as response:
+        assert response.status == 200

@@ -82,7 +82,7 @@ def test_a_handler_waits_only_for_its_own_chat(
 ) -> None:
     handler = new_handler(wait_timeout=5.0)
     fast, slow = text_event("fast", user_id="Ufast"), text_event("slow", user_id="Uslow")
-    fake.script(TOKEN_PATH, Fault.delay(0.0), Fault.delay(0.4))  # body order: fast first
+    fake.script_token(token_of(slow), Fault.delay(0.4))
     started: dict[str, float] = {}
 
     @handler.add(MessageEvent, message=TextMessageContent)

@@ -225,6 +225,16 @@ class FakeLinePlatform:
         faults = [r if isinstance(r, Fault) else Fault.status(r) for r in responses]
         self._scripts.add(path, faults)
 
+    def script_token(self, token: str, *responses: int | Fault) -> None:
+        """
+        Queue the next answers to mark-as-read requests carrying read token *token*.
+
+        Taken before the path's queue (see `script`), so concurrent marks of
+        several chats each get their own fault whatever order they arrive in.
+        """
+        faults = [r if isinstance(r, Fault) else Fault.status(r) for r in responses]
+        self._scripts.add_for_token(token, faults)
+
     def reject_token(self, *tokens: str) -> None:
         """Answer 400 for these mark-as-read tokens, as LINE does for another bot's tokens."""
         with self._account.lock:
@@ -380,7 +390,8 @@ class FakeLinePlatform:
         )
         with self._records.lock:  # The first to arrive takes the first fault.
             generation, index = self._records.arrive(record)
-            fault = self._scripts.take(request.path)
+            token = parsed.get("markAsReadToken") if isinstance(parsed, dict) else None
+            fault = self._scripts.take(request.path, token if isinstance(token, str) else None)
         return record, fault, generation, index
 
     def _respond(self, record: RecordedRequest, fault: Fault | None) -> web.Response:

@@ -103,7 +103,10 @@ def check_status(code: int) -> None:
 
 class Scripts:
     """
-    The queued faults, per path, first in first out.
+    The queued faults, per path and per read token, first in first out.
+
+    A token's queue is taken before its path's: a test can slow one chat's
+    mark down whatever order concurrent requests happen to arrive in.
 
     Guarded by the platform's lock (passed in), so taking a fault is atomic
     with recording the request that takes it, and `FakeLinePlatform.reset`
@@ -113,20 +116,28 @@ class Scripts:
     def __init__(self, lock: threading.Condition) -> None:
         self._lock = lock
         self._queues: dict[str, deque[Fault]] = {}
+        self._token_queues: dict[str, deque[Fault]] = {}
 
     def add(self, path: str, faults: Iterable[Fault]) -> None:
         with self._lock:
             self._queues.setdefault(path, deque()).extend(faults)
 
-    def take(self, path: str) -> Fault | None:
-        """The next fault for *path*, or None to answer normally."""
+    def add_for_token(self, token: str, faults: Iterable[Fault]) -> None:
         with self._lock:
-            queue = self._queues.get(path)
+            self._token_queues.setdefault(token, deque()).extend(faults)
+
+    def take(self, path: str, token: str | None = None) -> Fault | None:
+        """The next fault for *token* (if any), else for *path*; None to answer normally."""
+        with self._lock:
+            queue = self._token_queues.get(token) if token is not None else None
+            if not queue:
+                queue = self._queues.get(path)
             return queue.popleft() if queue else None
 
     def clear(self) -> None:
         with self._lock:
             self._queues.clear()
+            self._token_queues.clear()
 
 
 def close_connection(request: web.BaseRequest, *, rst: bool) -> None:
