@@ -206,7 +206,8 @@ class Marker:
         deadline = time.monotonic() + self._settings.wait_timeout
         engine = self._background_engine()
         # The caller's context goes along, so the marks' tasks see its contextvars
-        # (a tracing span: a mark's HTTP span joins the webhook's trace).
+        # (a tracing span: a mark's HTTP span joins the webhook's trace).  Said
+        # explicitly: asyncio's handles copy it too, a different hand-over might not.
         engine.loop.call_soon_threadsafe(
             _submit_for, engine, targets, futures, deadline, context=contextvars.copy_context()
         )
