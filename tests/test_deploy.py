@@ -299,6 +299,19 @@ def test_lambda_answers_400_to_an_event_that_is_not_a_webhook(
     assert fake.requests == []
 
 
+def test_lambda_finds_the_signature_in_multi_value_headers_alone(
+    fake: FakeLinePlatform, lambda_handler: line_markread.aws_lambda.LambdaHandler
+) -> None:
+    """REST APIs may deliver ``headers: null`` with the values in ``multiValueHeaders``."""
+    event = text_event()
+    webhook = webhooks(event)
+    shape = _rest_api_v1(webhook.body, webhook.headers)
+    shape["headers"] = None
+    shape["multiValueHeaders"] = {"x-line-signature": [webhook.signature]}
+    assert lambda_handler(shape, None)["statusCode"] == 200
+    assert fake.marked_tokens() == [event["message"]["markAsReadToken"]]
+
+
 def test_lambda_answers_405_to_other_methods(
     fake: FakeLinePlatform, lambda_handler: line_markread.aws_lambda.LambdaHandler
 ) -> None:
