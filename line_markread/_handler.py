@@ -7,9 +7,11 @@ the handlers in body order, each waiting only for its own chat.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import inspect
 import logging
+import time
 from typing import Any, Callable, Optional, TypeVar, Union
 
 import linebot.v3
@@ -138,20 +140,26 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     # -- handling ---------------------------------------------------------
 
     def _plan(self, body: Union[str, bytes], signature: str) -> Plan:
-        return plan_body(
+        plan = plan_body(
             parse_body(self.parser, body, signature),
             self._markread_routes,
             self._markread_default,
             self._markread_marker.settings,
         )
+        if self._markread_marker.settings.settle_before_return:
+            _refuse_background(plan)
+        return plan
 
     def handle(self, body: Union[str, bytes], signature: str) -> None:
         """Verify, mark every message read, and run the handlers: for sync frameworks.
 
         Raises ``InvalidSignatureError`` (bad signature) and ``WebhookBodyError``
         (not a webhook body) before any request; a handler's exception
-        propagates unchanged; a failed mark never raises.
+        propagates unchanged; a failed mark never raises.  With
+        ``settle_before_return=True`` it returns only once the body's marks have
+        settled (or ``settle_timeout`` has passed).
         """
+        started = time.monotonic()  # the background loop's clock
         plan = self._plan(body, signature)
         for step in plan.steps:
             if step.route is not None and step.route.is_async:
@@ -175,9 +183,12 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                     f"handler {step.route.func!r} returned an awaitable: "
                     "call 'await handler.handle_async(body, signature)' from async code"
                 )
+        if marker.settings.settle_before_return:
+            marker._settle(plan.targets, started + marker.settings.settle_timeout)
 
     async def handle_async(self, body: Union[str, bytes], signature: str) -> None:
         """``handle()`` for async frameworks: marks on the running loop; handlers may be async."""
+        started = asyncio.get_running_loop().time()
         plan = self._plan(body, signature)
         marker = self._markread_marker
         ticket = await marker._asubmit(plan.targets, skipped=plan.skipped, opted_out=plan.opted_out)
@@ -190,6 +201,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             result = step.route.call(step.event, plan.destination)
             if inspect.isawaitable(result):
                 await result
+        if marker.settings.settle_before_return:
+            await marker._asettle(plan.targets, started + marker.settings.settle_timeout)
 
     # -- manual marking, counters, closing --------------------------------
 
@@ -233,6 +246,19 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _refuse_background(plan: Plan) -> None:
+    """Serverless mode: no handler may outlive the request (the platform freezes it)."""
+    for step in plan.steps:
+        # ``background=`` comes with the slow-handlers option; absent, nothing runs late.
+        if step.route is not None and getattr(step.route, "background", False):
+            raise ValueError(
+                f"handler {step.route.func!r} runs in the background, which "
+                "settle_before_return=True (serverless mode) does not allow: the platform "
+                "freezes the process once the response is out.  Drop background=True, "
+                "or settle_before_return=True on a server that keeps running."
+            )
 
 
 _marking_classes: dict[type, type] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import os
 import threading
@@ -208,7 +209,12 @@ class Marker:
         # The background loop is asyncio's default loop, whose clock is time.monotonic().
         deadline = time.monotonic() + self._settings.wait_timeout
         engine = self._background_engine()
-        engine.loop.call_soon_threadsafe(_submit_for, engine, targets, futures, deadline)
+        # The caller's context goes along, so the marks' tasks see its contextvars
+        # (a tracing span: a mark's HTTP span joins the webhook's trace).  Said
+        # explicitly: asyncio's handles copy it too, a different hand-over might not.
+        engine.loop.call_soon_threadsafe(
+            _submit_for, engine, targets, futures, deadline, context=contextvars.copy_context()
+        )
         return BlockingTicket(futures)
 
     def _background_engine(self) -> Engine:
@@ -364,6 +370,31 @@ class Marker:
                 await asyncio.wrap_future(future)
         await asyncio.to_thread(self._thread.stop)
         self._finalizer.detach()
+
+    # -- serverless mode (settle_before_return) ---------------------------
+
+    async def _asettle(self, targets: Sequence[Optional[ReadTarget]], deadline: float) -> None:
+        """Wait (until loop time *deadline*) for the marks of a body's chats, on this loop."""
+        if any(targets):
+            engine = self._engines.get(asyncio.get_running_loop())
+            if engine is not None:
+                self._report_cut(await engine.settle(targets, deadline))
+
+    def _settle(self, targets: Sequence[Optional[ReadTarget]], deadline: float) -> None:
+        """Blocking twin of ``_asettle`` (*deadline* on the background loop: monotonic)."""
+        if any(targets) and self._thread.is_started():
+            engine = self._engines.get(self._thread.loop())
+            if engine is not None:
+                self._report_cut(self._thread.run(engine.settle(targets, deadline)))
+
+    def _report_cut(self, busy_chats: int) -> None:
+        if busy_chats:
+            log.warning(
+                "line_markread: %d chat(s) still had a mark in progress after settle_timeout "
+                "(%.1fs); a platform that freezes the process may delay or lose it",
+                busy_chats,
+                self._settings.settle_timeout,
+            )
 
 
 def _close_background(
