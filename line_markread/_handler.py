@@ -169,6 +169,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                 )
         marker = self._markread_marker
         ticket = marker._submit(plan.targets, skipped=plan.skipped, opted_out=plan.opted_out)
+        # The loop thread sends the requests while this thread builds the SDK models.
+        plan.build_events()
         for index, step in enumerate(plan.steps):
             if step.route is None:
                 log.info("No handler for %s and no default handler", type(step.event).__name__)
@@ -192,6 +194,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         plan = self._plan(body, signature)
         marker = self._markread_marker
         ticket = await marker._asubmit(plan.targets, skipped=plan.skipped, opted_out=plan.opted_out)
+        plan.build_events()
         for index, step in enumerate(plan.steps):
             if step.route is None:
                 log.info("No handler for %s and no default handler", type(step.event).__name__)
