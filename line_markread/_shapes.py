@@ -25,7 +25,7 @@ import linebot.v3.webhooks.models as sdk_models
 from linebot.v3.models.events import UnknownEvent
 from linebot.v3.utils import to_snake_case
 from linebot.v3.webhooks import Event, MessageContent
-from pydantic.v1 import BaseModel, ConstrainedStr, StrictBool, StrictInt, StrictStr
+from pydantic.v1 import BaseModel, ConstrainedStr, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic.v1.fields import SHAPE_LIST, SHAPE_SINGLETON
 
 Check = Callable[[Any], bool]
@@ -132,7 +132,15 @@ def _field_check(cls: type, field: Any, mode: str) -> Check:
         if validator.pre or validator.each_item or not _takes_value_only(validator.func):
             return _never
         validators.append(validator.func)
-    if field.shape == SHAPE_SINGLETON and not list_validator:
+    base: Check
+    if field.shape == SHAPE_SINGLETON and field.sub_fields and not list_validator:
+        # Union[StrictFloat, StrictInt] and the like: pydantic takes the first that passes.
+        options = [_field_check(cls, sub, mode) for sub in field.sub_fields]
+
+        def base(value: object) -> bool:
+            return any(option(value) for option in options)
+
+    elif field.shape == SHAPE_SINGLETON and not list_validator:
         base = _type_check(field.type_, mode)
     elif field.shape == SHAPE_LIST:
         base = _list_check(field.outer_type_, _type_check(field.type_, mode))
@@ -186,6 +194,8 @@ def _type_check(kind: Any, mode: str) -> Check:  # noqa: PLR0911 - one answer pe
         return lambda v: isinstance(v, int) and v is not True and v is not False
     if kind is StrictBool:
         return lambda v: v is True or v is False
+    if kind is StrictFloat:
+        return lambda v: isinstance(v, float)
     if isinstance(kind, type) and issubclass(kind, ConstrainedStr):
         return _constrained_str_check(kind)
     if isinstance(kind, type) and issubclass(kind, BaseModel):
