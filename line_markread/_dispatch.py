@@ -163,10 +163,13 @@ class Plan:
         """Build the SDK models not built during planning (after the requests have left)."""
         for step in self.steps:
             if step.event is None:
-                step.event = build_event(step.raw)
-                step.route = _verified_route(
-                    step.event, step.predicted, self.routes, self.default, step.route
-                )
+                step.event = event = build_event(step.raw)
+                if step.predicted is None:  # not routed yet: nothing to mark, no request out
+                    step.route = find_route(self.routes, self.default, event)
+                else:
+                    step.route = _verified_route(
+                        event, step.predicted, self.routes, self.default, step.route
+                    )
 
 
 def _verified_route(
@@ -214,7 +217,16 @@ def plan_body(
     targets: list[Optional[ReadTarget]] = []
     skipped = opted_out = 0
     mode, mark_standby = settings.mode, settings.mark_standby
+    others: list[Step] = []
     for raw in body.events:
+        target = read_target(raw, mode=mode, mark_standby=mark_standby)
+        if target is Skip.NOT_A_MESSAGE:
+            # Nothing to mark or decide: routed below, or once its model is built.
+            step = Step(None, None, False, raw=raw)
+            others.append(step)
+            steps.append(step)
+            targets.append(None)
+            continue
         predicted = predict(raw)
         event: Any = None
         if predicted is None:
@@ -222,18 +234,24 @@ def plan_body(
             route = find_route(routes, default, event)
         else:
             route = route_by_name(routes, default, predicted)
-        target = read_target(raw, mode=mode, mark_standby=mark_standby)
-        decision: Decision = False
-        if target is not Skip.NOT_A_MESSAGE:
-            if event is None and route is not None and callable(route.policy):
+            if route is not None and callable(route.policy):
                 event = build_event(raw)
                 route = _verified_route(event, predicted, routes, default, route)
-            decision = decide(route, event, settings)
-            if decision is False:
-                opted_out += route is not None
-            elif isinstance(target, Skip):
-                skipped += 1
+        decision = decide(route, event, settings)
+        if decision is False:
+            opted_out += route is not None
+        elif isinstance(target, Skip):
+            skipped += 1
         steps.append(Step(event, route, decision, raw=raw, predicted=predicted))
-        marks = decision is not False and isinstance(target, ReadTarget)
-        targets.append(target if marks else None)  # type: ignore[arg-type]  # narrowed by `marks`
+        targets.append(target if decision is not False and isinstance(target, ReadTarget) else None)
+    if any(targets):
+        # Requests will leave before the remaining models are built: every one of
+        # those must be certain to build, or be built (and perhaps refused) now.
+        for step in others:
+            step.predicted = predict(step.raw)
+            if step.predicted is None:
+                step.event = build_event(step.raw)
+                step.route = find_route(routes, default, step.event)
+            else:
+                step.route = route_by_name(routes, default, step.predicted)
     return Plan(body.destination, tuple(steps), tuple(targets), skipped, opted_out, routes, default)

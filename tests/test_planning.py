@@ -467,3 +467,17 @@ def test_postback_and_follow_run_their_handlers_with_the_sdk_models(
     driver.close(handler)
     assert seen == [build_event(raw) for raw in events]
     assert fake.requests == []
+
+
+def test_a_message_whose_source_type_is_not_a_string_is_refused_cleanly(
+    fake: FakeLinePlatform, driver: Driver
+) -> None:
+    """Targets are read from the JSON before any model exists: odd JSON must not crash there."""
+    handler = WebhookHandler(SECRET, configuration=fake.configuration())
+    odd = text_event("hi", user_id="U1")
+    odd["source"]["type"] = ["user"]  # unhashable: looking it up must not raise TypeError
+    body, signature = signed_body(text_event("ok", user_id="U2"), odd, channel_secret=SECRET)
+    with pytest.raises(WebhookBodyError):
+        driver.handle(handler, body, signature)
+    driver.close(handler)
+    assert fake.requests == []
