@@ -84,21 +84,32 @@ def _valid(cls: type, obj: object, mode: str) -> bool:
     spec = _specs[key] if key in _specs else _specs.setdefault(key, _spec(cls, mode))
     if spec is None:
         return False
-    for alias, name, required, allow_none, check in spec:
-        value = obj.get(alias, _MISSING)
-        if value is _MISSING and mode == _INIT:
-            value = obj.get(name, _MISSING)  # allow_population_by_field_name
-        if value is _MISSING:
-            if mode == _INIT:  # pydantic's own rule: the default, or "field required"
-                if required:
-                    return False
-                continue
-            value = None  # from_dict passes obj.get(alias) explicitly: missing is None
+    if mode == _INIT:
+        return _valid_init(spec, obj)
+    # The hot path: from_dict passes obj.get(alias) to pydantic, None when missing.
+    for alias, _, _, allow_none, check in spec:
+        value = obj.get(alias)
         if value is None:
             if not allow_none:
                 return False
-            continue
-        if not check(value):
+        elif not check(value):
+            return False
+    return True
+
+
+def _valid_init(spec: tuple[tuple[str, str, bool, bool, Check], ...], obj: dict[str, Any]) -> bool:
+    """``_valid`` for pydantic's constructor: by alias, then by field name, else the default."""
+    for alias, name, required, allow_none, check in spec:
+        value = obj.get(alias, _MISSING)
+        if value is _MISSING:
+            value = obj.get(name, _MISSING)  # allow_population_by_field_name
+        if value is _MISSING:
+            if required:  # "field required"
+                return False
+        elif value is None:
+            if not allow_none:
+                return False
+        elif not check(value):
             return False
     return True
 
