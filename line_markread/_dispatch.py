@@ -163,13 +163,10 @@ class Plan:
         """Build the SDK models not built during planning (after the requests have left)."""
         for step in self.steps:
             if step.event is None:
-                step.event = event = build_event(step.raw)
-                if step.predicted is None:  # not routed yet: nothing to mark, no request out
-                    step.route = find_route(self.routes, self.default, event)
-                else:
-                    step.route = _verified_route(
-                        event, step.predicted, self.routes, self.default, step.route
-                    )
+                step.event = build_event(step.raw)
+                step.route = _verified_route(
+                    step.event, step.predicted, self.routes, self.default, step.route
+                )
 
 
 def _verified_route(
@@ -221,7 +218,7 @@ def plan_body(
     for raw in body.events:
         target = read_target(raw, mode=mode, mark_standby=mark_standby)
         if target is Skip.NOT_A_MESSAGE:
-            # Nothing to mark or decide: routed below, or once its model is built.
+            # Nothing to mark or decide: routed below, once the body's requests are known.
             step = Step(None, None, False, raw=raw)
             others.append(step)
             steps.append(step)
@@ -244,14 +241,16 @@ def plan_body(
             skipped += 1
         steps.append(Step(event, route, decision, raw=raw, predicted=predicted))
         targets.append(target if decision is not False and isinstance(target, ReadTarget) else None)
-    if any(targets):
-        # Requests will leave before the remaining models are built: every one of
-        # those must be certain to build, or be built (and perhaps refused) now.
-        for step in others:
-            step.predicted = predict(step.raw)
-            if step.predicted is None:
-                step.event = build_event(step.raw)
-                step.route = find_route(routes, default, step.event)
-            else:
-                step.route = route_by_name(routes, default, step.predicted)
+    # Every step is routed before anything is sent (the handler checks routes first).
+    # When requests will leave before the remaining models are built, each of those
+    # must be certain to build: predicted, or built (and perhaps refused) now.  With
+    # no request to overlap, building now costs what building later would.
+    sending = any(targets)
+    for step in others:
+        step.predicted = predict(step.raw) if sending else None
+        if step.predicted is None:
+            step.event = build_event(step.raw)
+            step.route = find_route(routes, default, step.event)
+        else:
+            step.route = route_by_name(routes, default, step.predicted)
     return Plan(body.destination, tuple(steps), tuple(targets), skipped, opted_out, routes, default)

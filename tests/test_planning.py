@@ -481,3 +481,37 @@ def test_a_message_whose_source_type_is_not_a_string_is_refused_cleanly(
         driver.handle(handler, body, signature)
     driver.close(handler)
     assert fake.requests == []
+
+
+def test_handle_refuses_an_async_handler_of_a_body_with_nothing_to_mark(
+    fake: FakeLinePlatform,
+) -> None:
+    """Routes are known before anything runs, even for events whose model is built later."""
+    handler = WebhookHandler(SECRET, configuration=fake.configuration())
+    ran: list[Any] = []
+
+    async def on_follow(event: Any) -> None:
+        ran.append(event)
+
+    handler.add(FollowEvent)(on_follow)
+    body, signature = signed_body(follow_event(user_id="U1"), channel_secret=SECRET)
+    with pytest.raises(TypeError, match="is a coroutine function"):
+        handler.handle(body, signature)
+    handler.close()
+    assert ran == []
+
+
+def test_handle_refuses_an_async_handler_before_any_mark_is_sent(fake: FakeLinePlatform) -> None:
+    handler = WebhookHandler(SECRET, configuration=fake.configuration())
+
+    async def on_follow(event: Any) -> None:
+        pass
+
+    handler.add(MessageEvent, TextMessageContent)(_keeper([]))
+    handler.add(FollowEvent)(on_follow)
+    events = [text_event("hi", user_id="U1"), follow_event(user_id="U2")]
+    body, signature = signed_body(*events, channel_secret=SECRET)
+    with pytest.raises(TypeError, match="is a coroutine function"):
+        handler.handle(body, signature)
+    handler.close()
+    assert fake.requests == []
