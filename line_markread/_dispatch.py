@@ -49,6 +49,13 @@ def validate_policy(policy: object) -> MarkPolicy:
     )
 
 
+def validate_background(value: object) -> bool:
+    """Check a ``background=`` value at registration: exactly ``True`` or ``False``."""
+    if value is True or value is False:
+        return value
+    raise TypeError(f"background must be True or False, got {value!r}")
+
+
 def route_key(event: type, message: Optional[type] = None) -> str:
     """The SDK's handler key for an event class (and message content class)."""
     return event.__name__ if message is None else f"{event.__name__}_{message.__name__}"
@@ -56,21 +63,36 @@ def route_key(event: type, message: Optional[type] = None) -> str:
 
 @attrs.frozen
 class Route:
-    """A registered handler function and its ``mark_as_read`` policy."""
+    """A registered handler function, its ``mark_as_read`` policy and how it runs.
+
+    ``loading``: seconds of loading animation to show after the mark and
+    before the handler (``0``: none; see ``_loading``).  ``background``: run
+    after the webhook was answered, in the handler's pool (see ``_background``).
+    Both are validated where they are given, like the policy.
+    """
 
     func: Callable[..., Any]
     policy: MarkPolicy
     arity: int
     is_async: bool
+    loading: int = 0
+    background: bool = False
 
     @classmethod
-    def of(cls, func: Callable[..., Any], policy: MarkPolicy) -> Route:
+    def of(
+        cls,
+        func: Callable[..., Any],
+        policy: MarkPolicy,
+        *,
+        loading: int = 0,
+        background: bool = False,
+    ) -> Route:
         if not callable(func):
             raise TypeError(f"a handler must be callable, got {func!r}")
         # The SDK's rule, verbatim: varargs or 2 parameters -> (event, destination).
         spec = inspect.getfullargspec(func)
         arity = 2 if spec.varargs is not None else min(len(spec.args), 2)
-        return cls(func, policy, arity, inspect.iscoroutinefunction(func))
+        return cls(func, policy, arity, inspect.iscoroutinefunction(func), loading, background)
 
     def call(self, event: Any, destination: Optional[str]) -> Any:
         if self.arity == 2:

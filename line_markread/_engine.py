@@ -91,6 +91,22 @@ class Engine:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def guard(self) -> ChannelGuard:
+        """The channel's guard (auth latch, 429 pause, retry budget), for other requests."""
+        return self._guard
+
+    async def request(self, path: str, payload: bytes) -> ApiResponse:
+        """One POST to another endpoint of LINE (the loading animation), as marks are sent.
+
+        Same session, auth, timeouts and concurrency slots as the marks; the
+        caller applies the guard.  Raises ``TransportError`` without an answer.
+        """
+        if self._closed:
+            raise TransportError("the handler/marker is closed")
+        async with self._slots:
+            return await self._transport.post_json(path, payload)
+
     def tracked_chats(self) -> int:
         """How many chats' state is held in memory (bounded by ``max_tracked_chats``)."""
         return len(self._chats)

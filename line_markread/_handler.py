@@ -8,17 +8,33 @@ the handlers in body order, each waiting only for its own chat.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
+import functools
 import inspect
 import logging
+import threading
 import time
+from collections.abc import Awaitable
 from typing import Any, Callable, Optional, TypeVar, Union
 
 import linebot.v3
 
+from ._background import Reservation, TaskPool, ThreadPool, refuse_background
 from ._body import parse_body
-from ._dispatch import MarkPolicy, Plan, Route, plan_body, route_key, validate_policy
-from ._marker import Marker
+from ._chat import Ticket
+from ._dispatch import (
+    MarkPolicy,
+    Plan,
+    Route,
+    Step,
+    plan_body,
+    route_key,
+    validate_background,
+    validate_policy,
+)
+from ._loading import Loader, Showing, loading_user, validate_loading
+from ._marker import BlockingTicket, Marker
 from ._outcome import Outcome
 from ._read_first import options_of
 from ._settings import Settings
@@ -71,6 +87,14 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         self._markread_marker = marker
         self._markread_routes: dict[str, Route] = {}
         self._markread_default: Optional[Route] = None
+        # Slow-handler machinery, built once here and used only by routes asking for it.
+        self._markread_loader = Loader(marker.settings)
+        self._markread_background = False
+        """Whether some route has ``background=True``: only then is a body scanned for them."""
+        self._markread_pool_lock = threading.Lock()
+        self._markread_threads: Optional[ThreadPool] = None
+        self._markread_tasks: dict[asyncio.AbstractEventLoop, TaskPool] = {}
+        self._markread_closed = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._markread_marker!r}>"
@@ -83,6 +107,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         message: Union[type, list[type], tuple[type, ...], None] = None,
         *,
         mark_as_read: Union[MarkPolicy, Unset] = UNSET,
+        loading: Union[bool, int] = False,
+        background: bool = False,
     ) -> Callable[[F], F]:
         """Register a handler, as in the SDK, with what to do before it runs.
 
@@ -92,33 +118,66 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         ``(event) -> True | False | "nowait"`` called per event before any
         handler of the body runs.  A function decorated with ``@read_first(...)``
         brings its own options; giving them here as well is an error.
+
+        ``loading``: show LINE's loading animation in 1:1 chats after the mark
+        and while the handler runs (``True``: 20 s at a time, or 5..60 seconds
+        in steps of 5).  ``background``: run the handler after ``handle()``
+        returned, one at a time per chat, in the handler's bounded pool.
+        Bad values raise ``TypeError``/``ValueError`` here.
         """
         policy = None if mark_as_read is UNSET else validate_policy(mark_as_read)
+        seconds, background = self._markread_slow_options(loading, background)
         messages = message if isinstance(message, (list, tuple)) else [message]
 
         def decorator(func: F) -> F:
-            route = self._markread_route(func, policy)
+            route = self._markread_route(func, policy, seconds, background)
             for item in messages:
                 self._markread_routes[route_key(event, item)] = route
             return func
 
         return decorator
 
-    def default(self, *, mark_as_read: Union[MarkPolicy, Unset] = UNSET) -> Callable[[F], F]:
-        """Register the handler for events no other handler takes, as in the SDK."""
+    def default(
+        self,
+        *,
+        mark_as_read: Union[MarkPolicy, Unset] = UNSET,
+        loading: Union[bool, int] = False,
+        background: bool = False,
+    ) -> Callable[[F], F]:
+        """Register the handler for events no other handler takes, as in the SDK.
+
+        Takes the options of ``add()``.
+        """
         policy = None if mark_as_read is UNSET else validate_policy(mark_as_read)
+        seconds, background = self._markread_slow_options(loading, background)
 
         def decorator(func: F) -> F:
-            self._markread_default = self._markread_route(func, policy)
+            self._markread_default = self._markread_route(func, policy, seconds, background)
             return func
 
         return decorator
 
-    def _markread_route(self, func: Callable[..., Any], policy: Optional[MarkPolicy]) -> Route:
+    def _markread_slow_options(self, loading: object, background: object) -> tuple[int, bool]:
+        """Validate ``loading=`` and ``background=`` where they are given."""
+        seconds = validate_loading(loading)
+        background = validate_background(background)
+        if background:
+            refuse_background(self._markread_marker.settings)
+            self._markread_background = True
+        return seconds, background
+
+    def _markread_route(
+        self,
+        func: Callable[..., Any],
+        policy: Optional[MarkPolicy],
+        loading: int = 0,
+        background: bool = False,
+    ) -> Route:
         """The route for *func*: ``add()``'s options, or those of its ``@read_first`` wrapper."""
         options = options_of(func)
         if options is None:
-            return Route.of(func, True if policy is None else policy)
+            policy = True if policy is None else policy
+            return Route.of(func, policy, loading=loading, background=background)
         if policy is not None:
             raise TypeError(
                 f"{options.func!r}: mark_as_read= given both to handler.add() and to "
@@ -135,7 +194,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                 f"{options.func!r}: @read_first(configuration=...) names another channel or "
                 "host than this handler's; drop configuration= on an installed handler"
             )
-        return Route.of(options.func, options.mark_as_read)
+        return Route.of(options.func, options.mark_as_read, loading=loading, background=background)
 
     # -- handling ---------------------------------------------------------
 
@@ -168,23 +227,16 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                     "call 'await handler.handle_async(body, signature)' from async code"
                 )
         marker = self._markread_marker
-        ticket = marker._submit(plan.targets, skipped=plan.skipped, opted_out=plan.opted_out)
-        # The loop thread sends the requests while this thread builds the SDK models.
-        plan.build_events()
-        for index, step in enumerate(plan.steps):
-            if step.route is None:
-                log.info("No handler for %s and no default handler", type(step.event).__name__)
-                continue
-            if step.decision is True:
-                marker._wait_event(ticket, index)
-            result = step.route.call(step.event, plan.destination)
-            if inspect.isawaitable(result):  # e.g. a functools.partial of an async function
-                if inspect.iscoroutine(result):
-                    result.close()
-                raise TypeError(
-                    f"handler {step.route.func!r} returned an awaitable: "
-                    "call 'await handler.handle_async(body, signature)' from async code"
-                )
+        reservation = self._reserve(plan, None) if self._markread_background else None
+        try:
+            ticket = marker._submit(plan.targets, skipped=plan.skipped, opted_out=plan.opted_out)
+            # The loop thread sends the requests while this thread builds the SDK models.
+            plan.build_events()
+        except BaseException:
+            if reservation is not None:
+                reservation.cancel()
+            raise
+        self._run_steps(plan, ticket, reservation)
         if marker.settings.settle_before_return:
             marker._settle(plan.targets, started + marker.settings.settle_timeout)
 
@@ -193,25 +245,204 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         started = asyncio.get_running_loop().time()
         plan = self._plan(body, signature)
         marker = self._markread_marker
-        ticket = await marker._asubmit(plan.targets, skipped=plan.skipped, opted_out=plan.opted_out)
-        if any(plan.targets):
-            # Two loop iterations (aiohttp's request task, then its body writer) put the
-            # requests on the wire of a pooled connection; the models are built while
-            # LINE answers.  In the same iterations as the requests: no extra polls.
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
-        plan.build_events()
-        for index, step in enumerate(plan.steps):
-            if step.route is None:
-                log.info("No handler for %s and no default handler", type(step.event).__name__)
-                continue
-            if step.decision is True:
-                await marker._await_event(ticket, index)
-            result = step.route.call(step.event, plan.destination)
-            if inspect.isawaitable(result):
-                await result
+        loop = asyncio.get_running_loop()
+        reservation = self._reserve(plan, loop) if self._markread_background else None
+        try:
+            ticket = await marker._asubmit(
+                plan.targets, skipped=plan.skipped, opted_out=plan.opted_out
+            )
+            if any(plan.targets):
+                # Two loop iterations (aiohttp's request task, then its body writer) put the
+                # requests on the wire of a pooled connection; the models are built while
+                # LINE answers.  In the same iterations as the requests: no extra polls.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+            plan.build_events()
+        except BaseException:
+            if reservation is not None:
+                reservation.cancel()
+            raise
+        await self._arun_steps(plan, ticket, reservation)
         if marker.settings.settle_before_return:
             await marker._asettle(plan.targets, started + marker.settings.settle_timeout)
+
+    # -- per step, after the marks were started ------------------------------
+    #
+    # Each step: wait for its mark (if it wants one), show the loading animation
+    # (``loading=``), call the handler, stop the animation.  ``background=True``
+    # steps do the same later, in the pool.  The sync and async twins below
+    # differ only in how they wait; which step does what is decided by the route.
+
+    def _reserve(
+        self, plan: Plan, loop: Optional[asyncio.AbstractEventLoop]
+    ) -> Optional[Reservation]:
+        """Room in the pool for the body's background handlers, before anything is marked."""
+        count = sum(1 for step in plan.steps if step.route is not None and step.route.background)
+        return self._reserve_count(count, loop) if count else None
+
+    def _reserve_count(self, count: int, loop: Optional[asyncio.AbstractEventLoop]) -> Reservation:
+        if loop is None:
+            return self._thread_pool().reserve(count)
+        return self._task_pool(loop).reserve(count)
+
+    def _run_steps(
+        self, plan: Plan, ticket: BlockingTicket, reservation: Optional[Reservation]
+    ) -> None:
+        for index, step in enumerate(plan.steps):
+            route = step.route
+            if route is None:
+                log.info("No handler for %s and no default handler", type(step.event).__name__)
+                continue
+            if route.background:
+                if reservation is None:  # routed anew once its model was built (rare)
+                    reservation = self._reserve_count(1, None)
+                pool = reservation.pool
+                assert isinstance(pool, ThreadPool)
+                job = functools.partial(self._run_step, plan.destination, ticket, index, step)
+                pool.put(reservation, job, step.event)
+                continue
+            self._run_step(plan.destination, ticket, index, step)
+        if reservation is not None:
+            reservation.cancel()  # room a re-routed step did not use
+
+    def _run_step(
+        self, destination: Optional[str], ticket: BlockingTicket, index: int, step: Step
+    ) -> None:
+        route = step.route
+        assert route is not None  # only steps with a handler get here
+        marker = self._markread_marker
+        if step.decision is True:
+            marker._wait_event(ticket, index)
+        showing = self._show(step.event, route.loading) if route.loading else None
+        try:
+            result = route.call(step.event, destination)
+        finally:
+            if showing is not None:
+                showing.stop()
+        if inspect.isawaitable(result):  # e.g. a functools.partial of an async function
+            if inspect.iscoroutine(result):
+                result.close()
+            raise TypeError(
+                f"handler {route.func!r} returned an awaitable: "
+                "call 'await handler.handle_async(body, signature)' from async code"
+            )
+
+    async def _arun_steps(
+        self, plan: Plan, ticket: Ticket, reservation: Optional[Reservation]
+    ) -> None:
+        for index, step in enumerate(plan.steps):
+            route = step.route
+            if route is None:
+                log.info("No handler for %s and no default handler", type(step.event).__name__)
+                continue
+            if route.background:
+                if reservation is None:  # routed anew once its model was built (rare)
+                    reservation = self._reserve_count(1, asyncio.get_running_loop())
+                pool = reservation.pool
+                assert isinstance(pool, TaskPool)
+                executor = None if route.is_async else pool.executor
+                job = functools.partial(
+                    self._arun_step, plan.destination, ticket, index, step, executor
+                )
+                pool.put(reservation, job, step.event)
+                continue
+            await self._arun_step(plan.destination, ticket, index, step, None)
+        if reservation is not None:
+            reservation.cancel()  # room a re-routed step did not use
+
+    async def _arun_step(
+        self,
+        destination: Optional[str],
+        ticket: Ticket,
+        index: int,
+        step: Step,
+        executor: Optional[concurrent.futures.Executor],
+    ) -> None:
+        """One step on the loop; a sync handler runs in *executor* when one is given."""
+        route = step.route
+        assert route is not None  # only steps with a handler get here
+        if step.decision is True:
+            await self._markread_marker._await_event(ticket, index)
+        showing = await self._ashow(step.event, route.loading) if route.loading else None
+        try:
+            if executor is None:
+                result = route.call(step.event, destination)
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(executor, route.call, step.event, destination)
+            if inspect.isawaitable(result):
+                await result
+        finally:
+            if showing is not None:
+                showing.stop()
+
+    def _show(self, event: Any, seconds: int) -> Optional[Showing]:
+        """From a handler's thread: the loading animation, on the background loop."""
+        try:
+            engine = self._markread_marker._background_engine()
+        except RuntimeError:  # closed meanwhile: the handler still runs, without animation
+            return None
+        return self._markread_loader.begin(engine, event, seconds)
+
+    async def _ashow(self, event: Any, seconds: int) -> Optional[Showing]:
+        try:
+            engine = self._markread_marker._engine()
+        except RuntimeError:
+            return None
+        return await self._markread_loader.abegin(engine, event, seconds)
+
+    def _thread_pool(self) -> ThreadPool:
+        with self._markread_pool_lock:
+            if self._markread_closed:
+                raise RuntimeError("line_markread: this handler is closed")
+            if self._markread_threads is None:
+                self._markread_threads = ThreadPool(self._markread_marker.settings)
+            return self._markread_threads
+
+    def _task_pool(self, loop: asyncio.AbstractEventLoop) -> TaskPool:
+        with self._markread_pool_lock:
+            if self._markread_closed:
+                raise RuntimeError("line_markread: this handler is closed")
+            pool = self._markread_tasks.get(loop)
+            if pool is None:
+                pool = self._markread_tasks[loop] = TaskPool(self._markread_marker.settings, loop)
+            return pool
+
+    # -- the loading animation, by hand --------------------------------------
+
+    def show_loading(self, event: Any, seconds: Union[bool, int] = True) -> bool:
+        """Show the loading animation in *event*'s 1:1 chat now; whether LINE accepted it.
+
+        For handlers that decide themselves (``loading=`` does it for every
+        event).  *seconds*: ``True`` (20) or 5..60 in steps of 5.  Blocking, one
+        request (retried once, briefly) through the same engine and guard as
+        the marks; not in a 1:1 chat, nothing is sent (counted as skipped).
+        """
+        seconds = _manual_seconds(seconds)
+        user_id = loading_user(event)
+        if user_id is None:
+            self._markread_loader.skipped()
+            return False
+        engine = self._markread_marker._background_engine()
+        try:
+            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is engine.loop:
+            raise RuntimeError(
+                "line_markread: show_loading() called on the plugin's own loop; use ashow_loading()"
+            )
+        coro = self._markread_loader.start(engine, user_id, seconds)
+        return asyncio.run_coroutine_threadsafe(coro, engine.loop).result()
+
+    async def ashow_loading(self, event: Any, seconds: Union[bool, int] = True) -> bool:
+        """Async twin of ``show_loading``, on the running loop."""
+        seconds = _manual_seconds(seconds)
+        user_id = loading_user(event)
+        if user_id is None:
+            self._markread_loader.skipped()
+            return False
+        return await self._markread_loader.start(self._markread_marker._engine(), user_id, seconds)
 
     # -- manual marking, counters, closing --------------------------------
 
@@ -233,15 +464,55 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         return self._markread_marker.settings
 
     def stats(self) -> Stats:
-        """An immutable ``Stats`` snapshot of the counters."""
-        return self._markread_marker.stats()
+        """An immutable ``Stats`` snapshot of the counters (marks, loading, background)."""
+        total = self._markread_marker.stats() + self._markread_loader.stats()
+        with self._markread_pool_lock:
+            pools: list[Union[ThreadPool, TaskPool]] = list(self._markread_tasks.values())
+            if self._markread_threads is not None:
+                pools.append(self._markread_threads)
+        for pool in pools:
+            total += pool.stats()
+        return total
+
+    def _detach_pools(self) -> tuple[Optional[ThreadPool], list[TaskPool]]:
+        with self._markread_pool_lock:
+            self._markread_closed = True
+            return self._markread_threads, list(self._markread_tasks.values())
 
     def close(self, grace: Optional[float] = None) -> None:
-        """Drain pending marks (up to ``close_grace`` s) and release the HTTP session."""
+        """Stop accepting, let background handlers finish, drain pending marks, release HTTP.
+
+        Background handlers get up to ``background_grace`` s; what is left is
+        logged and counted (``stats().background_abandoned``).  Then marks get
+        up to *grace* (default ``close_grace``) s.
+        """
+        threads, task_pools = self._detach_pools()
+        background_grace = self._markread_marker.settings.background_grace
+        if threads is not None:
+            threads.close(background_grace)
+        for pool in task_pools:
+            if pool.loop.is_running():
+                asyncio.run_coroutine_threadsafe(pool.aclose(background_grace), pool.loop).result()
+        self._markread_loader.stop_all()
         self._markread_marker.close(grace)
 
     async def aclose(self, grace: Optional[float] = None) -> None:
         """Async twin of ``close()``."""
+        threads, task_pools = self._detach_pools()
+        background_grace = self._markread_marker.settings.background_grace
+        running = asyncio.get_running_loop()
+        closing: list[Awaitable[None]] = []
+        for pool in task_pools:
+            if pool.loop is running:
+                closing.append(pool.aclose(background_grace))
+            elif pool.loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(pool.aclose(background_grace), pool.loop)
+                closing.append(asyncio.wrap_future(future))
+        if threads is not None:
+            closing.append(asyncio.to_thread(threads.close, background_grace))
+        if closing:
+            await asyncio.gather(*closing)
+        self._markread_loader.stop_all()
         await self._markread_marker.aclose(grace)
 
     def __enter__(self) -> WebhookHandler:
@@ -268,6 +539,13 @@ def _refuse_background(plan: Plan) -> None:
                 "freezes the process once the response is out.  Drop background=True, "
                 "or settle_before_return=True on a server that keeps running."
             )
+
+
+def _manual_seconds(seconds: object) -> int:
+    value = validate_loading(seconds)
+    if not value:
+        raise ValueError("show_loading needs seconds (True, or 5..60 in steps of 5), not False")
+    return value
 
 
 _marking_classes: dict[type, type] = {}

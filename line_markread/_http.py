@@ -112,13 +112,29 @@ class Transport:
         return self._session
 
     async def post(self, target: ReadTarget) -> ApiResponse:
-        """Make one attempt.  Raises ``TransportError`` when there is no HTTP answer."""
-        url = self._credentials.host + target.endpoint.value
+        """One mark-as-read attempt.  Raises ``TransportError`` when there is no HTTP answer."""
+        return await self.post_json(target.endpoint.value, target.payload())
+
+    async def post_json(self, path: str, payload: bytes) -> ApiResponse:
+        """POST a JSON *payload* to *path* on LINE's host, once, with this session's auth.
+
+        The one place a request is made, so every endpoint (mark-as-read, the
+        loading animation) gets the same timeouts and hardening.  Any 2xx is
+        a success (the loading animation answers ``202``).  Raises
+        ``TransportError`` when there is no HTTP answer.
+        """
+        url = self._credentials.host + path
         try:
-            async with self._get_session().post(url, data=target.payload()) as response:
+            async with self._get_session().post(url, data=payload) as response:
                 if response.status == 200:
                     await response.read()  # so the connection goes back to the pool
                     return _OK
+                if 200 <= response.status < 300:
+                    await response.read()
+                    return ApiResponse(
+                        status=response.status,
+                        request_id=response.headers.get("x-line-request-id"),
+                    )
                 body = await response.content.read(_ERROR_BODY_LIMIT)
                 return ApiResponse(
                     status=response.status,

@@ -42,6 +42,11 @@ def _bool(_: object, attribute: attrs.Attribute[Any], value: bool) -> None:
         raise TypeError(f"{attribute.name} must be True or False, got {value!r}")
 
 
+def _margin(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 5:
+        raise ValueError(f"{attribute.name} must be a number >= 0 and < 5, got {value!r}")
+
+
 def _mode(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if value not in ("auto", "token", "user"):
         raise ValueError(f"mode must be 'auto', 'token' or 'user', got {value!r}")
@@ -144,3 +149,42 @@ class Settings:
     deadline.  A mark still in progress then is left to the engine (and logged);
     on a platform that freezes the process it resumes, or gives up, on the next
     invocation."""
+
+    # -- slow handlers: the loading animation and background handlers ------
+
+    loading_wait: float = attrs.field(default=0.5, validator=_non_negative)
+    """How long (s) a ``loading=`` handler waits for LINE to accept its loading
+    animation (``202``) before it starts anyway.  Waiting puts the animation
+    before the reply at LINE, so the reply hides it; a slow or failing loading
+    request delays the handler by this much at most.  ``0``: only requested first."""
+
+    loading_limit: float = attrs.field(default=120.0, validator=_non_negative)
+    """No loading animation is started again later than this (s) after the first,
+    however long the handler runs: a handler stuck for minutes should not
+    look busy forever."""
+
+    loading_margin: float = attrs.field(default=1.0, validator=_margin)
+    """The animation is started again this long (s) before it would expire while
+    the handler still runs, so it does not flicker off (a request takes time)."""
+
+    background_workers: int = attrs.field(default=32, validator=_positive_int)
+    """``background=True`` handlers running at once, per pool (threads for
+    ``handle()``, tasks per event loop for ``handle_async()``).  Slow handlers
+    mostly wait on I/O (a model, a back office), so more than the CPUs; 32 is
+    ``ThreadPoolExecutor``'s own ceiling and keeps a burst from opening
+    hundreds of connections to the service the handlers call."""
+
+    background_backlog: int = attrs.field(default=1000, validator=_non_negative_int)
+    """``background=True`` handlers accepted but not started yet, per pool.  A
+    body that would overflow it is refused whole with ``BackgroundFull`` before
+    anything is marked (the messages stay unread; LINE may redeliver)."""
+
+    background_grace: float = attrs.field(default=25.0, validator=_non_negative)
+    """How long ``close()``/``aclose()`` lets background handlers finish (under
+    the 30 s most process managers give before they kill)."""
+
+    on_error: Optional[Callable[[BaseException, Any], None]] = attrs.field(
+        default=None, validator=_optional_callable
+    )
+    """Called with ``(exception, event)`` when a ``background=True`` handler raises
+    (it is logged either way; nobody else is there to see it)."""

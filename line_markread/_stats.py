@@ -35,6 +35,31 @@ class Stats:
     """Marks not sent at all because LINE answered 401/403 recently (the auth latch)."""
     duplicates: int = 0
     """Events seen before (same ``webhookEventId``, e.g. a redelivery): never sent twice."""
+    loading_started: int = 0
+    """Loading animations LINE accepted (``202``), refreshes included."""
+    loading_failed: int = 0
+    """Loading animations not shown: LINE refused, no answer after a brief retry, or paused."""
+    loading_skipped: int = 0
+    """Loading animations not requested because the chat is not 1:1 (groups and rooms)."""
+    background_started: int = 0
+    """``background=True`` handlers accepted to run later."""
+    background_finished: int = 0
+    """Background handlers that returned or raised."""
+    background_failed: int = 0
+    """Background handlers that raised (logged and passed to ``on_error``)."""
+    background_abandoned: int = 0
+    """Background handlers not run, or still running, when ``close()`` gave up waiting."""
+    background_refused: int = 0
+    """Events refused with ``BackgroundFull`` (a full backlog): their bodies raised, unmarked."""
+
+    @property
+    def background_pending(self) -> int:
+        """Background handlers accepted and not over yet (waiting their turn or running).
+
+        A gauge, derived from the counters so that every field stays a counter
+        and ``+`` stays meaningful.
+        """
+        return self.background_started - self.background_finished - self.background_abandoned
 
     def __add__(self, other: Stats) -> Stats:
         if not isinstance(other, Stats):
@@ -63,6 +88,14 @@ class Counters:
     budget_exhausted: int
     latched: int
     duplicates: int
+    loading_started: int
+    loading_failed: int
+    loading_skipped: int
+    background_started: int
+    background_finished: int
+    background_failed: int
+    background_abandoned: int
+    background_refused: int
 
     def __init__(self) -> None:
         for name in _FIELDS:

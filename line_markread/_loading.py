@@ -1,0 +1,286 @@
+"""The loading animation: "the bot is typing", between "Read" and the reply.
+
+LINE's ``POST /v2/bot/chat/loading/start`` shows the animation in a 1:1 chat
+for ``loadingSeconds`` (5 to 60, in steps of 5), until the bot's next message
+arrives; a new request while it shows resets its time.  A ``loading=`` handler
+gets it after its mark and before it starts, started again while the handler
+still runs (up to ``loading_limit``), and never once the handler returned.
+
+The requests go through the marking engine of the loop they run on (same
+session, auth, timeouts and concurrency slots) and honour the channel's guard
+(401 latch, 429 pause, retry budget).  A loading request is useless late, so
+it is retried at most once, briefly; failures are counted and logged once per
+burst, and never delay a handler by more than ``loading_wait``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import threading
+from collections.abc import Coroutine
+from typing import Any, Optional
+
+from ._engine import Engine
+from ._http import ApiResponse, TransportError
+from ._retry import Verdict, classify, is_testing
+from ._settings import Settings
+from ._stats import Counters, Stats
+from ._targets import Endpoint
+
+log = logging.getLogger(__name__)
+
+LOADING_PATH = "/v2/bot/chat/loading/start"
+DEFAULT_LOADING_SECONDS = 20
+"""``loading=True``: LINE's own default, long enough for most model calls between refreshes."""
+
+_RETRY_DELAY_MAX = 0.1
+"""Upper bound (s) of the jittered pause before the one retry: late is useless."""
+
+
+def validate_loading(value: object) -> int:
+    """Check a ``loading=`` value at registration; the animation's seconds, ``0`` for off.
+
+    ``True`` means ``DEFAULT_LOADING_SECONDS``; an ``int`` is taken as seconds
+    and must be what LINE accepts (5 to 60 in steps of 5).  Compared by
+    identity, so ``1`` is not ``True`` but a ``ValueError``, and ``None`` or
+    ``"20"`` are a ``TypeError``.
+    """
+    if value is False:
+        return 0
+    if value is True:
+        return DEFAULT_LOADING_SECONDS
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"loading must be True, False or seconds (an int), got {value!r}")
+    if not 5 <= value <= 60 or value % 5:
+        raise ValueError(f"loading seconds must be 5 to 60 in steps of 5 (LINE's rule): {value}")
+    return value
+
+
+def loading_user(event: Any) -> Optional[str]:
+    """The user ID of *event*'s chat if it is a 1:1 chat (the only kind LINE animates)."""
+    source = getattr(event, "source", None)
+    if getattr(source, "type", None) != "user":
+        return None
+    user_id = getattr(source, "user_id", None)
+    return user_id if isinstance(user_id, str) and user_id else None
+
+
+class Showing:
+    """One handler's animation, kept up until ``stop()``: what ``Loader.begin`` returns."""
+
+    __slots__ = ("_future", "_in_flight", "_settled", "loop", "stopped", "task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, threaded: bool) -> None:
+        self.loop = loop
+        self.stopped = False
+        self.task: Optional[asyncio.Task[None]] = None
+        self._in_flight = False
+        self._settled: Optional[threading.Event] = threading.Event() if threaded else None
+        self._future: Optional[asyncio.Future[None]] = None if threaded else loop.create_future()
+
+    def _launch(self, coro: Coroutine[Any, Any, None]) -> None:
+        """On the loop: run the refresher (a no-op if stopped before it got here)."""
+        if self.stopped:
+            coro.close()
+            self._settle()
+            return
+        self.task = self.loop.create_task(coro)
+
+    def _settle(self) -> None:
+        if self._settled is not None:
+            self._settled.set()
+        elif self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    def wait(self, timeout: float) -> None:
+        """Block until the first start was answered (or failed), at most *timeout* s."""
+        if self._settled is not None and timeout > 0:
+            self._settled.wait(timeout)
+
+    async def await_settled(self, timeout: float) -> None:
+        """``wait`` on the loop."""
+        if self._future is not None and timeout > 0:
+            await asyncio.wait({self._future}, timeout=timeout)
+
+    def stop(self) -> None:
+        """The handler returned: start nothing more.  A request on the wire is let finish."""
+        self.stopped = True
+        if self._settled is None:
+            self._cancel()
+        else:
+            # A closed loop raises: then nothing can be sent anyway.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._cancel)
+
+    def _cancel(self) -> None:
+        if self.task is not None and not self._in_flight:
+            self.task.cancel()
+
+
+class Loader:
+    """Sends and refreshes loading animations for one handler; counts them, logs failures.
+
+    Thread-safe: sync handlers begin animations from worker threads, the
+    requests themselves run on the engine's loop.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._counters = Counters()
+        self._failing = False
+        self._showing: set[Showing] = set()
+
+    def stats(self) -> Stats:
+        with self._lock:
+            return self._counters.snapshot()
+
+    def skipped(self) -> None:
+        with self._lock:
+            self._counters.loading_skipped += 1
+
+    # -- one start ---------------------------------------------------------
+
+    async def start(self, engine: Engine, user_id: str, seconds: int) -> bool:
+        """Start the animation once (retried at most once, briefly); whether LINE accepted it."""
+        payload = json.dumps({"chatId": user_id, "loadingSeconds": seconds}).encode()
+        guard = engine.guard
+        response: Optional[ApiResponse] = None
+        error = ""
+        refund = 0
+        for attempt in (1, 2):
+            # The token endpoint stands for "this token": a 401 latches every endpoint.
+            if guard.latched(Endpoint.TOKEN):
+                error = "not sent: LINE answered 401 recently (auth latch)"
+                break
+            if guard.pause_left() > 0:
+                error = "not sent: rate limited (429 pause)"
+                break
+            timed_out = False
+            try:
+                response, error = await engine.request(LOADING_PATH, payload), ""
+            except TransportError as e:
+                response, error, timed_out = None, str(e), e.timeout
+            verdict = classify(response)
+            if verdict is Verdict.DONE:
+                guard.record_success(refund)
+                self._succeeded()
+                return True
+            if response is not None and response.status == 401:
+                guard.latch(Endpoint.TOKEN, 401)
+            if response is not None and response.status == 429:
+                guard.rate_limited(response.retry_after)
+                break
+            if verdict is Verdict.GIVE_UP or attempt == 2:
+                break
+            refund = guard.spend_retry(after_timeout=timed_out)
+            if not refund:
+                error = error or "retry budget exhausted"
+                break
+            if not is_testing():
+                await asyncio.sleep(random.uniform(0, _RETRY_DELAY_MAX))
+        self._failed(user_id, response, error)
+        return False
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            self._counters.loading_started += 1
+            recovered, self._failing = self._failing, False
+        if recovered:
+            log.info("line_markread: loading animation requests succeed again")
+
+    def _failed(self, user_id: str, response: Optional[ApiResponse], error: str) -> None:
+        with self._lock:
+            self._counters.loading_failed += 1
+            first, self._failing = not self._failing, True
+        # One WARNING per burst of failures: a LINE outage must not flood the log.
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "line_markread: loading animation failed for user:%s: %s %s (x-line-request-id: %s)%s",
+            user_id,
+            response.status if response is not None else "no response",
+            error or (response.message if response is not None else "") or "",
+            response.request_id if response is not None else None,
+            "; further failures are logged at DEBUG until one succeeds" if first else "",
+        )
+
+    # -- kept up while a handler runs ---------------------------------------
+
+    async def _keep(self, engine: Engine, user_id: str, seconds: int, showing: Showing) -> None:
+        """Start the animation, then again shortly before it expires, until stopped or the limit."""
+        loop = engine.loop
+        settings = self._settings
+        first = last = loop.time()
+        try:
+            showing._in_flight = True
+            await self.start(engine, user_id, seconds)
+        finally:
+            showing._in_flight = False
+            showing._settle()
+        interval = seconds - settings.loading_margin
+        while not showing.stopped:
+            due = last + interval
+            if due - first > settings.loading_limit:
+                return
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            if showing.stopped:
+                return
+            last = loop.time()
+            showing._in_flight = True
+            try:
+                await self.start(engine, user_id, seconds)
+            finally:
+                showing._in_flight = False
+
+    def _track(self, showing: Showing, task_done: bool = False) -> None:
+        with self._lock:
+            if task_done:
+                self._showing.discard(showing)
+            else:
+                self._showing.add(showing)
+
+    def _launch(self, showing: Showing, engine: Engine, user_id: str, seconds: int) -> None:
+        """On the loop: start the refresher task for *showing*."""
+        showing._launch(self._keep(engine, user_id, seconds, showing))
+        if showing.task is not None:
+            self._track(showing)
+            showing.task.add_done_callback(lambda _: self._track(showing, task_done=True))
+
+    def begin(self, engine: Engine, event: Any, seconds: int) -> Optional[Showing]:
+        """From a handler's thread: start the animation on *engine*'s loop; ``None`` if skipped.
+
+        Returns once LINE answered the first start, or after ``loading_wait``.
+        """
+        user_id = loading_user(event)
+        if user_id is None:
+            self.skipped()
+            return None
+        showing = Showing(engine.loop, threaded=True)
+        try:
+            engine.loop.call_soon_threadsafe(self._launch, showing, engine, user_id, seconds)
+        except RuntimeError:  # the background loop stopped: the handler/marker is closing
+            return None
+        showing.wait(self._settings.loading_wait)
+        return showing
+
+    async def abegin(self, engine: Engine, event: Any, seconds: int) -> Optional[Showing]:
+        """``begin`` on the running loop (*engine*'s)."""
+        user_id = loading_user(event)
+        if user_id is None:
+            self.skipped()
+            return None
+        showing = Showing(engine.loop, threaded=False)
+        self._launch(showing, engine, user_id, seconds)
+        await showing.await_settled(self._settings.loading_wait)
+        return showing
+
+    def stop_all(self) -> None:
+        """At close: no animation is started again for handlers still running."""
+        with self._lock:
+            showing = list(self._showing)
+        for item in showing:
+            item.stop()
