@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ._assertions import assert_marked_before_replied, assert_not_marked
     from ._fake_platform import (
         BOT_INFO_PATH,
+        LOADING_PATH,
         REPLY_PATH,
         TOKEN_MARK_AS_READ_PATH,
         USER_MARK_AS_READ_PATH,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BOT_INFO_PATH",
+    "LOADING_PATH",
     "REPLY_PATH",
     "TOKEN_MARK_AS_READ_PATH",
     "USER_MARK_AS_READ_PATH",
@@ -74,6 +76,7 @@ __all__ = [
 
 _LAZY = {
     "BOT_INFO_PATH": "._fake_platform",
+    "LOADING_PATH": "._fake_platform",
     "REPLY_PATH": "._fake_platform",
     "TOKEN_MARK_AS_READ_PATH": "._fake_platform",
     "USER_MARK_AS_READ_PATH": "._fake_platform",

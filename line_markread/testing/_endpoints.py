@@ -13,6 +13,7 @@ from __future__ import annotations
 import http
 import itertools
 import json
+import re
 import secrets
 import threading
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ TOKEN_MARK_AS_READ_PATH = "/v2/bot/chat/markAsRead"
 USER_MARK_AS_READ_PATH = "/v2/bot/message/markAsRead"
 BOT_INFO_PATH = "/v2/bot/info"
 REPLY_PATH = "/v2/bot/message/reply"
+LOADING_PATH = "/v2/bot/chat/loading/start"
 
 MARK_AS_READ_PATHS = frozenset({TOKEN_MARK_AS_READ_PATH, USER_MARK_AS_READ_PATH})
 
@@ -110,6 +112,10 @@ def _invalid(prop: str, message: str = "must be specified") -> Answer:
     return 400, error_body(400, details=[{"message": message, "property": prop}])
 
 
+_USER_ID = re.compile(r"U[0-9a-f]{32}")
+"""A LINE user ID: the only chat the loading animation takes (not groups, not rooms)."""
+
+
 def _nonempty_str(value: object) -> bool:
     return isinstance(value, str) and value != ""
 
@@ -158,6 +164,21 @@ def user_mark_as_read(account: Account, body: object | None) -> Answer:
     return 200, _EMPTY_OBJECT
 
 
+def loading_start(account: Account, body: object | None) -> Answer:
+    """``POST /v2/bot/chat/loading/start``: 202 ``{}``; 400 unless a user ID and 5..60 s by 5."""
+    if not isinstance(body, dict):
+        return _invalid("chatId", "The request body must be a JSON object")
+    chat_id = body.get("chatId")
+    if not isinstance(chat_id, str) or not _USER_ID.fullmatch(chat_id):
+        return _invalid("chatId", "Invalid chatId")
+    seconds = body.get("loadingSeconds", 20)  # LINE's default when omitted
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 5 <= seconds <= 60:
+        return _invalid("loadingSeconds", "must be between 5 and 60 in increments of 5")
+    if seconds % 5:
+        return _invalid("loadingSeconds", "must be between 5 and 60 in increments of 5")
+    return 202, _EMPTY_OBJECT
+
+
 def bot_info(account: Account, body: object | None) -> Answer:
     """``GET /v2/bot/info``: the bot's name and its chat and mark-as-read modes."""
     with account.lock:
@@ -195,4 +216,5 @@ ENDPOINTS: Mapping[str, Endpoint] = {
     USER_MARK_AS_READ_PATH: Endpoint("POST", user_mark_as_read),
     BOT_INFO_PATH: Endpoint("GET", bot_info),
     REPLY_PATH: Endpoint("POST", reply),
+    LOADING_PATH: Endpoint("POST", loading_start),
 }

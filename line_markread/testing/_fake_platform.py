@@ -30,6 +30,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ._endpoints import (
     BOT_INFO_PATH,
     JSON,
+    LOADING_PATH,
     MARK_AS_READ_PATHS,
     REPLY_PATH,
     TOKEN_MARK_AS_READ_PATH,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BOT_INFO_PATH",
+    "LOADING_PATH",
     "MARK_AS_READ_PATHS",
     "REPLY_PATH",
     "TOKEN_MARK_AS_READ_PATH",
@@ -257,6 +259,10 @@ class FakeLinePlatform:
     def mark_requests(self) -> list[RecordedRequest]:
         """The records of requests to either mark-as-read endpoint."""
         return self._records.mark_requests()
+
+    def loading_requests(self) -> list[RecordedRequest]:
+        """The records of loading-animation requests (``LOADING_PATH``), in arrival order."""
+        return [r for r in self._records.all() if r.path == LOADING_PATH]
 
     def marked_tokens(self) -> list[str]:
         """The tokens of token-API requests answered 200, in the order they were answered."""
