@@ -1,0 +1,336 @@
+"""The loading animation (``loading=``), over real HTTP, for handle() and handle_async()."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import urllib.request
+from typing import Any, Callable
+
+import pytest
+from linebot.v3.webhooks import MessageEvent, TextMessageContent
+
+from line_markread import WebhookHandler
+from line_markread.testing import (
+    LOADING_PATH,
+    REPLY_PATH,
+    TOKEN_MARK_AS_READ_PATH,
+    FakeLinePlatform,
+    Fault,
+    RecordedRequest,
+    signed_body,
+    text_event,
+)
+
+from .support import SECRET, Driver, HandlerFactory
+
+
+def reply(fake: FakeLinePlatform, event: Any, text: str) -> None:
+    """A reply as a bot makes it (blocking; fine from a handler's thread)."""
+    request = urllib.request.Request(
+        fake.url + REPLY_PATH,
+        data=json.dumps(
+            {"replyToken": event.reply_token, "messages": [{"type": "text", "text": text}]}
+        ).encode(),
+        headers={
+            "Authorization": f"Bearer {fake.access_token}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert answer.status == 200
+
+
+def slow(driver: Driver, seconds: float, then: Callable[[Any], None]) -> Callable[..., Any]:
+    """A handler that takes *seconds*, then calls *then*: async under handle_async.
+
+    A sync handler run inline by handle_async would block the loop that keeps
+    the animation up, as it would block everything else there.
+    """
+    if driver.name == "async":
+
+        async def on_text_async(event: Any) -> None:
+            await asyncio.sleep(seconds)
+            then(event)
+
+        return on_text_async
+
+    def on_text(event: Any) -> None:
+        time.sleep(seconds)
+        then(event)
+
+    return on_text
+
+
+def loading(fake: FakeLinePlatform) -> list[RecordedRequest]:
+    return fake.loading_requests()
+
+
+# -- registration ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [True, False, 5, 20, 60])
+def test_valid_loading_values_register(fake: FakeLinePlatform, value: object) -> None:
+    with WebhookHandler(SECRET, configuration=fake.configuration()) as handler:
+        handler.add(MessageEvent, message=TextMessageContent, loading=value)(lambda e: None)  # type: ignore[arg-type]  # checking what is accepted
+        handler.default(loading=value)(lambda e: None)  # type: ignore[arg-type]  # idem
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (1, ValueError),  # not True: seconds, and not a multiple of 5
+        (0, ValueError),
+        (4, ValueError),
+        (7, ValueError),
+        (65, ValueError),
+        (-5, ValueError),
+        (None, TypeError),
+        ("20", TypeError),
+        (20.0, TypeError),
+    ],
+)
+def test_bad_loading_values_raise_at_registration(
+    fake: FakeLinePlatform, value: object, error: type[Exception]
+) -> None:
+    with WebhookHandler(SECRET, configuration=fake.configuration()) as handler:
+        with pytest.raises(error, match="loading"):
+            handler.add(MessageEvent, message=TextMessageContent, loading=value)  # type: ignore[arg-type]  # the point
+        with pytest.raises(error, match="loading"):
+            handler.default(loading=value)  # type: ignore[arg-type]  # the point
+        assert handler.stats() == type(handler.stats())()
+
+
+@pytest.mark.parametrize("option", ["loading_wait", "loading_limit", "loading_margin"])
+def test_bad_loading_settings_raise_at_construction(fake: FakeLinePlatform, option: str) -> None:
+    options: dict[str, Any] = {option: -1}
+    with pytest.raises(ValueError, match=option):
+        WebhookHandler(SECRET, configuration=fake.configuration(), **options)
+    with pytest.raises(ValueError, match="loading_margin"):
+        WebhookHandler(SECRET, configuration=fake.configuration(), loading_margin=5)
+
+
+# -- the sequence ------------------------------------------------------------
+
+
+def test_mark_then_loading_then_handler_then_reply_in_a_one_to_one_chat(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler()
+    started: list[float] = []
+
+    def answer(event: Any) -> None:
+        reply(fake, event, "done")
+
+    inner = slow(driver, 0.05, answer)
+    if driver.name == "async":
+
+        async def on_text(event: Any) -> None:
+            started.append(time.monotonic())
+            await inner(event)
+
+    else:
+
+        def on_text(event: Any) -> None:  # type: ignore[misc]  # the sync twin
+            started.append(time.monotonic())
+            inner(event)
+
+    handler.add(MessageEvent, message=TextMessageContent, loading=True)(on_text)
+    event = text_event("what is the answer?")
+    driver.handle(handler, *signed_body(event, channel_secret=SECRET))
+
+    (mark,) = [r for r in fake.requests if r.path == TOKEN_MARK_AS_READ_PATH]
+    (start,) = loading(fake)
+    (answered,) = [r for r in fake.requests if r.path == REPLY_PATH]
+    assert start.json == {"chatId": event["source"]["userId"], "loadingSeconds": 20}
+    assert start.status == 202
+    assert start.authorized
+    assert mark.status == 200
+    assert mark.responded_at is not None
+    assert start.responded_at is not None
+    # Read, then the animation (accepted before the handler started), then the reply.
+    assert mark.responded_at <= start.received_at
+    assert start.responded_at <= started[0] <= answered.received_at
+    stats = handler.stats()
+    assert (stats.loading_started, stats.loading_failed, stats.loading_skipped) == (1, 0, 0)
+
+
+def test_no_loading_in_groups_and_rooms_and_the_handler_still_runs(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler()
+    ran: list[str] = []
+    handler.add(MessageEvent, message=TextMessageContent, loading=10)(
+        lambda event: ran.append(event.message.text)
+    )
+    body = signed_body(
+        text_event("in a group", group_id="C" + "1" * 32),
+        text_event("in a room", room_id="R" + "2" * 32),
+        channel_secret=SECRET,
+    )
+    driver.handle(handler, *body)
+    assert ran == ["in a group", "in a room"]
+    assert loading(fake) == []
+    assert len([r for r in fake.requests if r.path == TOKEN_MARK_AS_READ_PATH]) == 2
+    assert handler.stats().loading_skipped == 2
+
+
+def test_handlers_without_loading_send_none(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler()
+    handler.add(MessageEvent, message=TextMessageContent)(lambda event: None)
+    driver.handle(handler, *signed_body(text_event("hi"), channel_secret=SECRET))
+    assert loading(fake) == []
+    stats = handler.stats()
+    assert (stats.loading_started, stats.loading_failed, stats.loading_skipped) == (0, 0, 0)
+
+
+def test_refreshed_while_the_handler_outlasts_it_and_never_after_it_returns(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    # loading=5 and a 4.5 s margin: started again every 0.5 s while the handler runs.
+    handler = new_handler(loading_margin=4.5)
+    returned: list[float] = []
+    handler.add(MessageEvent, message=TextMessageContent, loading=5)(
+        slow(driver, 1.3, lambda event: returned.append(time.monotonic()))
+    )
+    driver.handle(handler, *signed_body(text_event("slow one"), channel_secret=SECRET))
+    starts = loading(fake)
+    assert 2 <= len(starts) <= 4, [round(r.received_at - starts[0].received_at, 2) for r in starts]
+    assert all(r.json == {"chatId": starts[0].json["chatId"], "loadingSeconds": 5} for r in starts)  # type: ignore[index]  # JSON object
+    # Two more refresh intervals: nothing is started once the handler has returned.
+    time.sleep(1.0)
+    assert [r for r in loading(fake) if r.received_at > returned[0]] == []
+    assert handler.stats().loading_started == len(loading(fake))
+
+
+def test_no_start_after_loading_limit_however_long_the_handler_runs(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    # Starts due at 0, 0.5, 1.0, ...: the limit of 0.6 s allows the first two only.
+    handler = new_handler(loading_margin=4.5, loading_limit=0.6)
+    handler.add(MessageEvent, message=TextMessageContent, loading=5)(slow(driver, 1.5, print))
+    driver.handle(handler, *signed_body(text_event("very slow"), channel_secret=SECRET))
+    assert len(loading(fake)) == 2
+
+
+# -- failures ----------------------------------------------------------------
+
+
+def test_a_hanging_loading_request_delays_the_handler_by_loading_wait_at_most(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler(loading_wait=0.2, request_timeout=5.0)
+    fake.script(LOADING_PATH, Fault.hang())
+    started: list[float] = []
+    handler.add(MessageEvent, message=TextMessageContent, loading=True)(
+        lambda event: started.append(time.monotonic())
+    )
+    driver.handle(handler, *signed_body(text_event("hi"), channel_secret=SECRET))
+    (start,) = fake.wait_for_requests(1, path=LOADING_PATH, completed=False)
+    assert started, "the handler ran"
+    # Well before LINE would have answered (never) or the request timed out (5 s).
+    assert started[0] - start.received_at < 2.0
+
+
+def test_a_failing_loading_request_is_retried_once_then_counted_and_logged_once(
+    fake: FakeLinePlatform,
+    driver: Driver,
+    new_handler: HandlerFactory,
+    no_backoff: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler = new_handler()
+    fake.script(LOADING_PATH, 500, 500, 400, 500, 500)
+    ran: list[str] = []
+    handler.add(MessageEvent, message=TextMessageContent, loading=True)(
+        lambda event: ran.append(event.message.text)
+    )
+    with caplog.at_level(logging.WARNING, logger="line_markread"):
+        driver.handle(handler, *signed_body(text_event("one"), channel_secret=SECRET))
+        driver.handle(handler, *signed_body(text_event("two"), channel_secret=SECRET))
+        driver.handle(handler, *signed_body(text_event("three"), channel_secret=SECRET))
+    assert ran == ["one", "two", "three"]
+    # 500 then 500 (one retry); 400 (final, no retry); 500 then 500.
+    assert [r.status for r in fake.wait_for_requests(5, path=LOADING_PATH)] == [
+        500,
+        500,
+        400,
+        500,
+        500,
+    ]
+    stats = handler.stats()
+    assert (stats.loading_started, stats.loading_failed) == (0, 3)
+    warnings = [r for r in caplog.records if "loading animation failed" in r.getMessage()]
+    assert len(warnings) == 1, "one WARNING per burst of failures"
+    assert fake.access_token not in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="line_markread"):
+        driver.handle(handler, *signed_body(text_event("four"), channel_secret=SECRET))
+    assert handler.stats().loading_started == 1
+    assert "succeed again" in caplog.text
+
+
+def test_a_401_on_loading_latches_the_channel_and_the_handler_still_runs(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler()
+    fake.script(LOADING_PATH, 401)
+    ran: list[str] = []
+    handler.add(MessageEvent, message=TextMessageContent, loading=True)(
+        lambda event: ran.append(event.message.text)
+    )
+    driver.handle(handler, *signed_body(text_event("one"), channel_secret=SECRET))
+    driver.handle(handler, *signed_body(text_event("two"), channel_secret=SECRET))
+    assert ran == ["one", "two"]
+    # The 401 latched the token: neither the second animation nor its mark was sent.
+    assert [r.status for r in loading(fake)] == [401]
+    assert handler.stats().loading_failed == 2
+
+
+# -- by hand -----------------------------------------------------------------
+
+
+def test_show_loading_by_hand(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler()
+    answers: list[bool] = []
+    if driver.name == "async":
+
+        async def on_text(event: Any) -> None:
+            answers.append(await handler.ashow_loading(event, 10))
+
+    else:
+
+        def on_text(event: Any) -> None:  # type: ignore[misc]  # the sync twin
+            answers.append(handler.show_loading(event, 10))
+
+    handler.add(MessageEvent, message=TextMessageContent)(on_text)
+    body = signed_body(
+        text_event("1:1"), text_event("group", group_id="C" + "3" * 32), channel_secret=SECRET
+    )
+    driver.handle(handler, *body)
+    assert answers == [True, False]
+    (start,) = loading(fake)
+    assert start.json["loadingSeconds"] == 10  # type: ignore[index]  # JSON object
+    stats = handler.stats()
+    assert (stats.loading_started, stats.loading_skipped) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(False, ValueError), (3, ValueError), (None, TypeError)]
+)
+def test_show_loading_checks_its_seconds(
+    fake: FakeLinePlatform, value: object, error: type[Exception]
+) -> None:
+    with (
+        WebhookHandler(SECRET, configuration=fake.configuration()) as handler,
+        pytest.raises(error),
+    ):
+        handler.show_loading(object(), value)  # type: ignore[arg-type]  # the point
+    assert fake.requests == []
