@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._background import BackgroundFull
     from ._body import WebhookBodyError
     from ._handler import WebhookHandler, install
     from ._marker import Marker
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from ._targets import ChatId
 
 __all__ = [
+    "BackgroundFull",
     "ChatId",
     "MarkFailure",
     "Marker",
@@ -45,6 +47,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "BackgroundFull": "._background",
     "ChatId": "._targets",
     "MarkFailure": "._outcome",
     "Marker": "._marker",

@@ -1,0 +1,363 @@
+"""Background handlers (``background=True``), over real HTTP, for handle() and handle_async()."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import pytest
+from linebot.v3.webhooks import MessageEvent, TextMessageContent
+
+from line_markread import BackgroundFull, WebhookHandler
+from line_markread.testing import (
+    LOADING_PATH,
+    TOKEN_MARK_AS_READ_PATH,
+    FakeLinePlatform,
+    Fault,
+    follow_event,
+    signed_body,
+    text_event,
+)
+
+from .support import SECRET, AsyncDriver, Driver, HandlerFactory
+
+USER_A = "U" + "a" * 32
+USER_B = "U" + "b" * 32
+
+
+class Journal:
+    """What background handlers did, and when, from any thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: list[tuple[str, str, float]] = []
+        self.changed = threading.Condition(self.lock)
+
+    def note(self, what: str, text: str) -> None:
+        with self.changed:
+            self.entries.append((what, text, time.monotonic()))
+            self.changed.notify_all()
+
+    def wait_for(self, count: int, what: str = "end", timeout: float = 10.0) -> None:
+        with self.changed:
+            ok = self.changed.wait_for(
+                lambda: sum(1 for e in self.entries if e[0] == what) >= count, timeout
+            )
+        assert ok, f"only {self.entries} after {timeout}s"
+
+    def when(self, what: str, text: str) -> float:
+        with self.lock:
+            (moment,) = [m for w, t, m in self.entries if w == what and t == text]
+        return moment
+
+    def order(self, what: str) -> list[str]:
+        with self.lock:
+            return [t for w, t, _ in self.entries if w == what]
+
+
+def handler_for(
+    driver: Driver, journal: Journal, work: Callable[[str], object] = lambda text: None
+) -> Callable[..., Any]:
+    """A handler noting its start and end around *work* (async under handle_async)."""
+    if driver.name == "async":
+
+        async def on_text_async(event: Any) -> None:
+            journal.note("start", event.message.text)
+            await asyncio.to_thread(work, event.message.text)
+            journal.note("end", event.message.text)
+
+        return on_text_async
+
+    def on_text(event: Any) -> None:
+        journal.note("start", event.message.text)
+        work(event.message.text)
+        journal.note("end", event.message.text)
+
+    return on_text
+
+
+def body(*events: dict[str, Any]) -> tuple[str, str]:
+    return signed_body(*events, channel_secret=SECRET)
+
+
+# -- registration ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [1, 0, None, "yes"])
+def test_background_takes_true_or_false_only(fake: FakeLinePlatform, value: object) -> None:
+    with WebhookHandler(SECRET, configuration=fake.configuration()) as handler:
+        with pytest.raises(TypeError, match="background"):
+            handler.add(MessageEvent, background=value)  # type: ignore[arg-type]  # the point
+        with pytest.raises(TypeError, match="background"):
+            handler.default(background=value)  # type: ignore[arg-type]  # the point
+
+
+@pytest.mark.parametrize(
+    "option", ["background_workers", "background_backlog", "background_grace", "on_error"]
+)
+def test_bad_background_settings_raise_at_construction(fake: FakeLinePlatform, option: str) -> None:
+    options: dict[str, Any] = {option: -1}
+    with pytest.raises((TypeError, ValueError), match=option):
+        WebhookHandler(SECRET, configuration=fake.configuration(), **options)
+
+
+# -- the webhook is answered first --------------------------------------------
+
+
+def test_handle_returns_while_the_handler_runs_and_the_handler_still_waits_for_its_mark(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler(wait_timeout=5.0, request_timeout=3.0)
+    journal = Journal()
+    release = threading.Event()
+    handler.add(MessageEvent, message=TextMessageContent, background=True)(
+        handler_for(driver, journal, lambda text: release.wait(10))
+    )
+    fake.script(TOKEN_MARK_AS_READ_PATH, Fault.delay(1.0))
+    event = text_event("a slow question", user_id=USER_A)
+    driver.handle(handler, *body(event))
+    # Returned while LINE had not answered the mark yet (delayed 1 s; wait_timeout is 5 s).
+    assert [r.completed for r in fake.requests] in ([], [False])
+    assert journal.order("start") == []
+    journal.wait_for(1, "start")
+    (mark,) = fake.wait_for_requests(1, path=TOKEN_MARK_AS_READ_PATH)
+    assert mark.responded_at is not None
+    assert mark.responded_at <= journal.when("start", "a slow question")
+    assert handler.stats().background_pending == 1
+    release.set()
+    journal.wait_for(1)
+    driver.close(handler)
+    stats = handler.stats()
+    assert (stats.background_started, stats.background_finished, stats.background_pending) == (
+        1,
+        1,
+        0,
+    )
+
+
+def test_a_three_second_handler_does_not_hold_the_webhook(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler()
+    journal = Journal()
+    handler.add(MessageEvent, message=TextMessageContent, background=True, loading=True)(
+        handler_for(driver, journal, lambda text: time.sleep(3.0))
+    )
+    began = time.monotonic()
+    driver.handle(handler, *body(text_event("think hard", user_id=USER_A)))
+    took = time.monotonic() - began
+    assert took < handler.settings.wait_timeout / 2, took
+    journal.wait_for(1, "start")
+    (start,) = fake.wait_for_requests(1, path=LOADING_PATH)
+    (mark,) = fake.wait_for_requests(1, path=TOKEN_MARK_AS_READ_PATH)
+    assert mark.responded_at is not None
+    assert start.responded_at is not None
+    assert mark.responded_at <= start.received_at
+    assert start.responded_at <= journal.when("start", "think hard")
+    journal.wait_for(1)
+
+
+# -- one chat at a time, in order; chats in parallel ---------------------------
+
+
+def test_one_chat_runs_one_at_a_time_in_arrival_order_while_other_chats_run_in_parallel(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler()
+    journal = Journal()
+    b_ran = threading.Event()
+
+    def work(text: str) -> None:
+        if text == "a1":
+            # Only a parallel run of user B's handler lets this one go on.
+            assert b_ran.wait(10), "user B's handler did not run while user A's first one did"
+        if text.startswith("b"):
+            b_ran.set()
+        time.sleep(0.02)
+
+    handler.add(MessageEvent, message=TextMessageContent, background=True)(
+        handler_for(driver, journal, work)
+    )
+    driver.handle(
+        handler, *body(text_event("a1", user_id=USER_A), text_event("a2", user_id=USER_A))
+    )
+    driver.handle(
+        handler, *body(text_event("b1", user_id=USER_B), text_event("a3", user_id=USER_A))
+    )
+    driver.handle(handler, *body(text_event("a4", user_id=USER_A)))
+    journal.wait_for(5)
+    a_runs = [(journal.when("start", t), journal.when("end", t)) for t in ("a1", "a2", "a3", "a4")]
+    assert [t for t in journal.order("start") if t.startswith("a")] == ["a1", "a2", "a3", "a4"]
+    for (_, end), (start, _) in zip(a_runs, a_runs[1:]):
+        assert end <= start, "two handlers of one chat overlapped"
+    assert journal.when("start", "b1") < journal.when("end", "a1")
+
+
+def test_async_handlers_run_on_the_calling_loop_and_sync_ones_in_threads(
+    fake: FakeLinePlatform,
+) -> None:
+    driver = AsyncDriver()
+    handler = WebhookHandler(SECRET, configuration=fake.configuration())
+    seen: dict[str, Any] = {}
+    done = threading.Event()
+
+    @handler.add(MessageEvent, message=TextMessageContent, background=True)
+    async def on_text(event: Any) -> None:
+        seen["loop"] = asyncio.get_running_loop()
+
+    @handler.default(background=True)
+    def other(event: Any) -> None:
+        seen["thread"] = threading.current_thread()
+        done.set()
+
+    try:
+        driver.handle(
+            handler, *body(text_event("hi", user_id=USER_A), follow_event(user_id=USER_B))
+        )
+        assert done.wait(10)
+        driver.close(handler)
+    finally:
+        driver.finish()
+    assert seen["loop"] is driver.loop
+    assert seen["thread"] is not driver.thread
+    assert seen["thread"].name.startswith("line-markread-handler")
+
+
+# -- errors, back-pressure, closing -------------------------------------------
+
+
+def test_an_exception_goes_to_the_log_and_on_error_and_the_pool_goes_on(
+    fake: FakeLinePlatform,
+    driver: Driver,
+    new_handler: HandlerFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    errors: list[tuple[BaseException, Any]] = []
+    handler = new_handler(on_error=lambda exc, event: errors.append((exc, event)))
+    journal = Journal()
+
+    def work(text: str) -> None:
+        if text == "boom":
+            raise LookupError("the back office is down")
+
+    handler.add(MessageEvent, message=TextMessageContent, background=True)(
+        handler_for(driver, journal, work)
+    )
+    with caplog.at_level(logging.ERROR, logger="line_markread"):
+        driver.handle(handler, *body(text_event("boom", user_id=USER_A)))
+        driver.handle(handler, *body(text_event("after", user_id=USER_A)))
+        journal.wait_for(1)
+        driver.close(handler)
+    assert journal.order("end") == ["after"]
+    ((exc, event),) = errors
+    assert isinstance(exc, LookupError)
+    assert event.message.text == "boom"
+    (record,) = [r for r in caplog.records if "background handler" in r.getMessage()]
+    assert f"user:{USER_A}" in record.getMessage()
+    assert record.exc_info is not None
+    assert fake.access_token not in caplog.text
+    stats = handler.stats()
+    assert (stats.background_started, stats.background_finished, stats.background_failed) == (
+        2,
+        2,
+        1,
+    )
+
+
+def test_a_raising_on_error_is_logged_and_the_pool_goes_on(
+    fake: FakeLinePlatform,
+    driver: Driver,
+    new_handler: HandlerFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def on_error(exc: BaseException, event: Any) -> None:
+        raise RuntimeError("on_error itself fails")
+
+    handler = new_handler(on_error=on_error)
+    journal = Journal()
+
+    def work(text: str) -> None:
+        if text == "boom":
+            raise LookupError("boom")
+
+    handler.add(MessageEvent, message=TextMessageContent, background=True)(
+        handler_for(driver, journal, work)
+    )
+    with caplog.at_level(logging.ERROR, logger="line_markread"):
+        driver.handle(handler, *body(text_event("boom", user_id=USER_A)))
+        driver.handle(handler, *body(text_event("after", user_id=USER_A)))
+        journal.wait_for(1)
+    assert "the on_error callback raised" in caplog.text
+
+
+def test_a_full_pool_refuses_the_body_before_marking_anything(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler(background_workers=1, background_backlog=1)
+    journal = Journal()
+    release = threading.Event()
+    handler.add(MessageEvent, message=TextMessageContent, background=True)(
+        handler_for(driver, journal, lambda text: release.wait(10))
+    )
+    driver.handle(handler, *body(text_event("one", user_id=USER_A)))
+    driver.handle(handler, *body(text_event("two", user_id=USER_B)))
+    refused = text_event("three", user_id=USER_A)
+    with pytest.raises(BackgroundFull, match="background_backlog"):
+        driver.handle(handler, *body(refused))
+    release.set()
+    journal.wait_for(2)
+    marked = [r.json for r in fake.wait_for_requests(2, path=TOKEN_MARK_AS_READ_PATH)]
+    assert {"markAsReadToken": refused["message"]["markAsReadToken"]} not in marked
+    assert len(fake.requests) == 2, "nothing of the refused body reached LINE"
+    assert handler.stats().background_refused == 1
+    # Room again: the next body is taken.
+    driver.handle(handler, *body(text_event("four", user_id=USER_A)))
+    journal.wait_for(3)
+
+
+def test_close_lets_background_handlers_finish(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler()
+    journal = Journal()
+    handler.add(MessageEvent, message=TextMessageContent, background=True)(
+        handler_for(driver, journal, lambda text: time.sleep(0.2))
+    )
+    driver.handle(
+        handler, *body(text_event("x1", user_id=USER_A), text_event("x2", user_id=USER_A))
+    )
+    driver.close(handler)
+    assert journal.order("end") == ["x1", "x2"]
+    stats = handler.stats()
+    assert (stats.background_finished, stats.background_abandoned) == (2, 0)
+    with pytest.raises(RuntimeError, match="closed"):
+        driver.handle(handler, *body(text_event("late", user_id=USER_A)))
+
+
+def test_close_reports_what_it_abandoned_after_the_grace(
+    fake: FakeLinePlatform,
+    driver: Driver,
+    new_handler: HandlerFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler = new_handler(background_grace=0.2)
+    journal = Journal()
+    release = threading.Event()
+    handler.add(MessageEvent, message=TextMessageContent, background=True)(
+        handler_for(driver, journal, lambda text: release.wait(10))
+    )
+    driver.handle(
+        handler, *body(text_event("y1", user_id=USER_A), text_event("y2", user_id=USER_A))
+    )
+    journal.wait_for(1, "start")
+    with caplog.at_level(logging.WARNING, logger="line_markread"):
+        driver.close(handler)
+    release.set()
+    assert "abandoned 2 background handler(s)" in caplog.text
+    assert "1 never started, 1 still running" in caplog.text
+    assert journal.order("start") == ["y1"]
+    stats = handler.stats()
+    assert (stats.background_abandoned, stats.background_pending) == (2, 0)
