@@ -19,6 +19,7 @@ from linebot.v3.messaging import (
     MarkMessagesAsReadRequest,
     MessagingApi,
     ReplyMessageRequest,
+    ShowLoadingAnimationRequest,
     TextMessage,
 )
 
@@ -28,6 +29,7 @@ TOKEN_API = "/v2/bot/chat/markAsRead"
 USER_API = "/v2/bot/message/markAsRead"
 BOT_INFO = "/v2/bot/info"
 REPLY = "/v2/bot/message/reply"
+LOADING = "/v2/bot/chat/loading/start"
 
 ACCESS_TOKEN = "secret-channel-access-token"
 AUTH = {"Authorization": f"Bearer {ACCESS_TOKEN}"}
@@ -106,6 +108,68 @@ async def test_user_mark_as_read(fake: FakeLinePlatform, session: aiohttp.Client
     assert (answer.status, answer.json()) == (200, {})
     assert [r.path for r in fake.mark_requests()] == [USER_API]
     assert fake.marked_tokens() == []
+
+
+USER_ID = "U" + "0123456789abcdef" * 2
+
+
+async def test_loading_start(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> None:
+    """The loading animation answers 202 {}, is recorded, and is neither a mark nor a reply."""
+    answer = await call(session, fake, LOADING, {"chatId": USER_ID, "loadingSeconds": 5})
+    default = await call(session, fake, LOADING, {"chatId": USER_ID})
+
+    assert (answer.status, answer.json()) == (202, {})
+    assert (default.status, default.json()) == (202, {})
+    assert answer.headers["x-line-request-id"]
+    assert [r.status for r in fake.loading_requests()] == [202, 202]
+    assert fake.mark_requests() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "prop"),
+    [
+        ({"chatId": "C" + "0" * 32, "loadingSeconds": 20}, "chatId"),  # a group
+        ({"chatId": "R" + "0" * 32, "loadingSeconds": 20}, "chatId"),  # a room
+        ({"chatId": "Ushort", "loadingSeconds": 20}, "chatId"),
+        ({"loadingSeconds": 20}, "chatId"),
+        ({"chatId": USER_ID, "loadingSeconds": 0}, "loadingSeconds"),
+        ({"chatId": USER_ID, "loadingSeconds": 7}, "loadingSeconds"),
+        ({"chatId": USER_ID, "loadingSeconds": 65}, "loadingSeconds"),
+        ({"chatId": USER_ID, "loadingSeconds": "20"}, "loadingSeconds"),
+        ({"chatId": USER_ID, "loadingSeconds": True}, "loadingSeconds"),
+        ([USER_ID], "chatId"),
+    ],
+)
+async def test_loading_start_is_validated_like_line(
+    fake: FakeLinePlatform, session: aiohttp.ClientSession, body: object, prop: str
+) -> None:
+    """400 for a chat that is not a user, or seconds outside 5..60 or not a multiple of 5."""
+    answer = await call(session, fake, LOADING, body)
+
+    assert answer.status == 400
+    assert answer.json()["details"][0]["property"] == prop
+
+
+async def test_loading_start_needs_auth_and_can_be_scripted(
+    fake: FakeLinePlatform, session: aiohttp.ClientSession
+) -> None:
+    """401 without the token; scripted faults apply to its path like to any other."""
+    unauthorized = await call(session, fake, LOADING, {"chatId": USER_ID}, headers={})
+    fake.script(LOADING, 503)
+    scripted = await call(session, fake, LOADING, {"chatId": USER_ID})
+    normal = await call(session, fake, LOADING, {"chatId": USER_ID})
+
+    assert [unauthorized.status, scripted.status, normal.status] == [401, 503, 202]
+
+
+def test_sdk_show_loading_animation_against_the_fake(fake: FakeLinePlatform) -> None:
+    """The SDK's own call reaches the fake and gets its 202."""
+    with ApiClient(fake.configuration()) as client:
+        MessagingApi(client).show_loading_animation(
+            ShowLoadingAnimationRequest(chat_id=USER_ID, loading_seconds=10)
+        )
+    (record,) = fake.loading_requests()
+    assert (record.status, record.json) == (202, {"chatId": USER_ID, "loadingSeconds": 10})
 
 
 async def test_bot_info(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> None:
