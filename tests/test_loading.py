@@ -9,6 +9,7 @@ import time
 import urllib.request
 from typing import Any, Callable
 
+import linebot.v3
 import pytest
 from linebot.v3.webhooks import MessageEvent, TextMessageContent
 
@@ -20,6 +21,8 @@ from line_markread.testing import (
     FakeLinePlatform,
     Fault,
     RecordedRequest,
+    WebhookFactory,
+    assert_loading_before_replied,
     signed_body,
     text_event,
 )
@@ -334,3 +337,60 @@ def test_show_loading_checks_its_seconds(
     ):
         handler.show_loading(object(), value)  # type: ignore[arg-type]  # the point
     assert fake.requests == []
+
+
+# -- the test kit's check ------------------------------------------------------
+
+
+def test_assert_loading_before_replied_passes_for_a_loading_bot_in_chats_and_groups(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler()
+    handler.add(MessageEvent, message=TextMessageContent, loading=True)(
+        slow(driver, 0.01, lambda event: reply(fake, event, "ok"))
+    )
+    webhook = WebhookFactory(SECRET)
+    signed = webhook(text_event("1:1"), text_event("group", group_id="C" + "4" * 32))
+    driver.handle(handler, signed.body, signed.signature)
+    webhook.assert_loading_before_replied(fake)
+    assert_loading_before_replied(fake, webhook.events, replies=2)
+
+
+def test_assert_loading_before_replied_fails_without_an_animation_or_with_a_late_one(
+    fake: FakeLinePlatform,
+) -> None:
+    handler = WebhookHandler(SECRET, configuration=fake.configuration())
+
+    def reply_then_show(event: Any) -> None:
+        reply(fake, event, "too early")
+        if event.message.text == "late":
+            handler.show_loading(event, 5)
+
+    handler.add(MessageEvent, message=TextMessageContent)(reply_then_show)
+    webhook = WebhookFactory(SECRET)
+    signed = webhook(text_event("none"), text_event("late"))
+    with handler:
+        handler.handle(signed.body, signed.signature)
+    assert len(loading(fake)) == 1
+    with pytest.raises(AssertionError, match="2 replies came without a loading animation"):
+        webhook.assert_loading_before_replied(fake)
+
+
+def test_assert_loading_before_replied_fails_when_the_mark_came_after_the_reply(
+    fake: FakeLinePlatform,
+) -> None:
+    # The SDK's own handler: no mark at all, an animation, then the reply.
+    sdk = linebot.v3.WebhookHandler(SECRET)
+
+    def on_text(event: Any) -> None:
+        with WebhookHandler(SECRET, configuration=fake.configuration()) as helper:
+            helper.show_loading(event)
+        reply(fake, event, "unread")
+
+    sdk.add(MessageEvent, message=TextMessageContent)(on_text)
+
+    webhook = WebhookFactory(SECRET)
+    signed = webhook(text_event("hi"))
+    sdk.handle(signed.body, signed.signature)
+    with pytest.raises(AssertionError, match="before the message was marked read"):
+        webhook.assert_loading_before_replied(fake)

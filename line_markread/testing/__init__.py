@@ -21,7 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .._retry import is_testing, set_testing
-    from ._assertions import assert_marked_before_replied, assert_not_marked
+    from ._assertions import (
+        assert_loading_before_replied,
+        assert_marked_before_replied,
+        assert_not_marked,
+    )
     from ._fake_platform import (
         BOT_INFO_PATH,
         LOADING_PATH,
@@ -58,6 +62,7 @@ __all__ = [
     "RecordedRequest",
     "SignedWebhook",
     "WebhookFactory",
+    "assert_loading_before_replied",
     "assert_marked_before_replied",
     "assert_not_marked",
     "follow_event",
@@ -85,6 +90,7 @@ _LAZY = {
     "RecordedRequest": "._fake_platform",
     "SignedWebhook": "._webhooks",
     "WebhookFactory": "._webhooks",
+    "assert_loading_before_replied": "._assertions",
     "assert_marked_before_replied": "._assertions",
     "assert_not_marked": "._assertions",
     "follow_event": "._webhooks",

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import attrs
 
 from ._endpoints import (
+    LOADING_PATH,
     MARK_AS_READ_PATHS,
     REPLY_PATH,
     TOKEN_MARK_AS_READ_PATH,
@@ -21,7 +22,7 @@ from ._endpoints import (
 from ._fake_platform import FakeLinePlatform
 from ._records import RecordedRequest
 
-__all__ = ["assert_marked_before_replied", "assert_not_marked"]
+__all__ = ["assert_loading_before_replied", "assert_marked_before_replied", "assert_not_marked"]
 
 Event = Mapping[str, Any]
 
@@ -137,6 +138,64 @@ def assert_marked_before_replied(
     if problems:
         raise AssertionError(
             f"{len(problems)} of {checked} replies came before the message was marked read:\n  "
+            + "\n  ".join(problems)
+            + f"\nrequests seen: {_summary(records)}"
+        )
+
+
+def assert_loading_before_replied(
+    platform: FakeLinePlatform,
+    events: Iterable[Event],
+    *,
+    replies: Optional[int] = None,
+    timeout: float = 5.0,
+) -> None:
+    """Assert read, then the loading animation, then the reply, for every reply in a 1:1 chat.
+
+    First ``assert_marked_before_replied`` (with the same arguments).  Then,
+    for each reply to a message among *events* sent in a 1:1 chat, the fake
+    must have answered ``202`` to a loading start for that user that arrived
+    after the message's chat was marked read up to it (a 200 for it or a
+    newer message) and was answered before the reply arrived.  Replies in
+    groups and rooms are not checked here (LINE shows no animation there).
+    """
+    assert_marked_before_replied(platform, events, replies=replies, timeout=timeout)
+    messages = _messages(events)
+    by_reply = {m.reply_token: m for m in messages if m.reply_token is not None}
+    by_token = {m.token: m for m in messages if m.token is not None}
+    records = platform.requests
+    marks = [r for r in records if r.path in MARK_AS_READ_PATHS and r.status == 200]
+    starts = [r for r in records if r.path == LOADING_PATH and r.status == 202]
+    problems = []
+    for reply in records:
+        body = reply.json if isinstance(reply.json, Mapping) else {}
+        if reply.path != REPLY_PATH or body.get("replyToken") not in by_reply:
+            continue
+        message = by_reply[body["replyToken"]]
+        if message.user_id is None:
+            continue
+        read_at = min(
+            (
+                m.responded_at
+                for m in marks
+                if m.responded_at is not None and _marked_up_to(m, by_token, message)
+            ),
+            default=None,
+        )
+        shown = [
+            s
+            for s in starts
+            if isinstance(s.json, Mapping)
+            and s.json.get("chatId") == message.user_id
+            and s.responded_at is not None
+            and s.responded_at <= reply.received_at
+            and (read_at is None or read_at <= s.received_at)
+        ]
+        if not shown:
+            problems.append(f"replied to {message.label} with no loading animation shown first")
+    if problems:
+        raise AssertionError(
+            f"{len(problems)} replies came without a loading animation after the mark:\n  "
             + "\n  ".join(problems)
             + f"\nrequests seen: {_summary(records)}"
         )

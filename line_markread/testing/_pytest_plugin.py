@@ -14,9 +14,12 @@ Fixtures (all prefixed ``line_`` so they clash with nobody's):
     returns a ``SignedWebhook`` with ``body``, ``signature`` and ``headers``
     ready to POST.  It remembers the events it signed, so
     ``line_webhook.assert_marked_before_replied(line_platform)`` can check the
-    guarantee the plugin gives.
+    guarantee the plugin gives, and
+    ``line_webhook.assert_loading_before_replied(line_platform)`` the sequence
+    of ``loading=`` handlers (read, then the loading animation, then the reply).
 
-``assert_marked_before_replied(platform, events)`` and
+``assert_marked_before_replied(platform, events)``,
+``assert_loading_before_replied(platform, events)`` and
 ``assert_not_marked(platform, events)`` are the same checks for events you
 built yourself.
 """

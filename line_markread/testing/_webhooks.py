@@ -22,7 +22,11 @@ from typing import Any, Optional
 
 import attrs
 
-from ._assertions import assert_marked_before_replied, assert_not_marked
+from ._assertions import (
+    assert_loading_before_replied,
+    assert_marked_before_replied,
+    assert_not_marked,
+)
 from ._fake_platform import FakeLinePlatform
 
 DEFAULT_DESTINATION = "Ufakebotdestination0000000000000"
@@ -387,6 +391,12 @@ class WebhookFactory:
     ) -> None:
         """``assert_marked_before_replied`` over every event this factory signed."""
         assert_marked_before_replied(platform, self.events, replies=replies, timeout=timeout)
+
+    def assert_loading_before_replied(
+        self, platform: FakeLinePlatform, *, replies: Optional[int] = None, timeout: float = 5.0
+    ) -> None:
+        """``assert_loading_before_replied`` over every event this factory signed."""
+        assert_loading_before_replied(platform, self.events, replies=replies, timeout=timeout)
 
     def assert_not_marked(self, platform: FakeLinePlatform, *events: Event) -> None:
         """``assert_not_marked`` for *events* (say, the ones your bot opts out of)."""
