@@ -39,12 +39,13 @@ from line_markread.testing import (
     Fault,
     SignedWebhook,
     WebhookFactory,
+    assert_loading_before_replied,
     assert_marked_before_replied,
     assert_not_marked,
     sticker_event,
     text_event,
 )
-from line_markread.testing._fake_platform import REPLY_PATH, TOKEN_MARK_AS_READ_PATH
+from line_markread.testing._fake_platform import LOADING_PATH, REPLY_PATH, TOKEN_MARK_AS_READ_PATH
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLES = ["flask_bot", "aiohttp_bot", "fastapi_bot", "parser_bot", "django_bot"]
@@ -394,7 +395,7 @@ def test_the_flask_bot_falls_back_to_werkzeug_without_waitress(
     assert_marked_before_replied(fresh_line, webhook.events)
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", [*EXAMPLES, "assistant_bot"])
 def test_missing_configuration_is_a_clear_message_and_exit_1(name: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINE_")}
     env["LINE_CHANNEL_SECRET"] = SECRET
@@ -648,3 +649,65 @@ def test_12_concurrent_webhooks_are_answered_promptly_by_every_example(
     line.wait_for_requests(13, path=REPLY_PATH)
     assert_marked_before_replied(line, webhooks.events)
     assert elapsed < 5.0, f"{bot.name}: 12 concurrent webhooks took {elapsed:.2f}s"
+
+
+# -- the slow assistant: loading=True, background=True --------------------------------
+
+
+@pytest.fixture(scope="module")
+def assistant(fake_line: FakeLinePlatform) -> Iterator[Bot]:
+    """The assistant thinking 1.5 s per answer (3 s by default): long enough to show."""
+    running = Bot(
+        "assistant_bot",
+        fake_line,
+        port_from_env=False,
+        env={"ASSISTANT_THINKING_SECONDS": "1.5"},
+    )
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            assert_clean_exit(running.name, *running.stop())
+        running.kill()
+
+
+def test_the_assistant_answers_the_webhook_at_once_then_read_loading_reply_in_order(
+    assistant: Bot, fake_line: FakeLinePlatform, webhooks: WebhookFactory
+) -> None:
+    fake_line.reset()
+    user = _chat_id("U")
+    first, second = text_event("first?", user_id=user), text_event("second?", user_id=user)
+    in_group = text_event("all?", group_id=_chat_id("C"), user_id=user)
+    began = time.monotonic()
+    assistant.send(webhooks(first, in_group))
+    assistant.send(webhooks(second))
+    answered = time.monotonic()
+    assert answered - began < 1.5, "the webhooks waited for the slow handler"
+    replies = fake_line.wait_for_requests(3, path=REPLY_PATH)
+    texts = [r.json["messages"][0]["text"] for r in replies]  # type: ignore[index]  # JSON
+    # One chat at a time, in arrival order; the group is another chat.
+    user_texts = [t for t in texts if t != "all?"]
+    assert user_texts == ["first?", "second?"]
+    assert all(r.received_at >= began + 1.5 for r in replies)
+    assert_loading_before_replied(fake_line, [first, second, in_group])
+    loading = fake_line.loading_requests()
+    assert {r.json["chatId"] for r in loading} == {user}  # type: ignore[index]  # JSON; none in groups
+
+
+def test_the_assistant_finishes_its_answer_on_sigterm(
+    fresh_line: FakeLinePlatform, webhooks: WebhookFactory
+) -> None:
+    bot = Bot(
+        "assistant_bot", fresh_line, port_from_env=False, env={"ASSISTANT_THINKING_SECONDS": "1"}
+    )
+    try:
+        event = text_event("still there?")
+        bot.send(webhooks(event))
+        fresh_line.wait_for_requests(1, path=LOADING_PATH)  # the handler is thinking
+        returncode, stderr = bot.stop()
+    finally:
+        bot.kill()
+    assert_clean_exit(bot.name, returncode, stderr)
+    (reply,) = fresh_line.wait_for_requests(1, path=REPLY_PATH)
+    assert reply.status == 200, "the background handler was drained before the app stopped"
+    assert_loading_before_replied(fresh_line, [event])
