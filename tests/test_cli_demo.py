@@ -20,7 +20,9 @@ import pytest
 
 from line_markread import __version__
 from line_markread._cli import demo, main
-from line_markread._cli.demo import output, stage
+from line_markread._cli.demo import output, stage, verdict
+from line_markread._cli.demo.timeline import Entry, Message
+from line_markread._stats import Stats
 from line_markread.testing import FakeLinePlatform
 
 Record = dict[str, Any]
@@ -356,3 +358,86 @@ def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
 
     assert err == b""
     assert process.returncode == 141
+
+
+# -- the slow question: loading=, background=True ---------------------------------
+
+
+def test_the_slow_question_is_answered_in_the_background_read_loading_reply(run: Run) -> None:
+    slow = [m for m in run.messages if m["thinking"] > 0]
+    assert [m["label"] for m in slow] == ["hana#1", "hana#2"]
+    assert all(e["delay_ms"] < 500 for e in run.of("webhook-answered", chat="hana"))
+    starts = run.of("loading", chat="hana")
+    assert len(starts) >= 3  # hana#1, its refresh, hana#2
+    assert all(s["status"] == 202 for s in starts)
+    first_done = run.of("handler-done", message="hana#1")[0]
+    second = run.of("handler", message="hana#2")[0]
+    assert first_done["t_ms"] <= second["t_ms"]
+    assert run.of("loading", chat="alice") == []  # only handlers with loading= show it
+
+
+def _message(label: str, index: int, thinking: float) -> Message:
+    return Message(
+        label=label,
+        chat="hana",
+        index=index,
+        sender="hana",
+        kind="image",
+        text="?",
+        expect="marked",
+        token=f"t{index}",
+        reply_token=f"r{index}",
+        message_id=f"m{index}",
+        thinking=thinking,
+    )
+
+
+def _entry(t_ms: float, what: str, message: str | None = None, **fields: Any) -> Entry:
+    return Entry(t_ms, "hana", what, "test", message=message, **fields)
+
+
+def _evidence(*entries: Entry) -> verdict.Evidence:
+    messages = (_message("hana#1", 1, 3.0), _message("hana#2", 2, 0.3))
+    return verdict.Evidence(messages, tuple(sorted(entries, key=lambda e: e.t_ms)), Stats())
+
+
+GOOD = (
+    _entry(1, "webhook-answered", delay_ms=2.0, status=200),
+    _entry(2, "line-answered", "hana#1", status=200),
+    _entry(3, "loading", status=202, delay_ms=0.5),
+    _entry(4, "handler", "hana#1"),
+    _entry(2000, "loading", status=202, delay_ms=0.5),
+    _entry(3000, "handler-done", "hana#1"),
+    _entry(3001, "reply", "hana#1", status=200),
+    _entry(3002, "line-answered", "hana#2", status=200),
+    _entry(3003, "loading", status=202, delay_ms=0.5),
+    _entry(3004, "handler", "hana#2"),
+    _entry(3300, "handler-done", "hana#2"),
+    _entry(3301, "reply", "hana#2", status=200),
+)
+
+
+def test_the_slow_checks_pass_on_the_story_they_tell() -> None:
+    evidence = _evidence(*GOOD)
+    for check in (
+        verdict.check_slow_question,
+        verdict.check_loading_refreshed,
+        verdict.check_chat_order,
+    ):
+        assert check(evidence).ok, check(evidence)
+
+
+def test_the_slow_checks_have_teeth() -> None:
+    """Each fails when its part of the story is missing or out of order."""
+    no_refresh = [e for e in GOOD if e.t_ms != 2000]
+    assert not verdict.check_loading_refreshed(_evidence(*no_refresh)).ok
+    after_return = [*GOOD, _entry(3000.5, "loading", status=202, delay_ms=0.5)]
+    assert not verdict.check_loading_refreshed(_evidence(*after_return)).ok
+    overlapping = [e for e in GOOD if e.what != "handler-done" or e.message != "hana#1"]
+    overlapping.append(_entry(3500, "handler-done", "hana#1"))
+    assert not verdict.check_chat_order(_evidence(*overlapping)).ok
+    loading_late = [e for e in GOOD if e.t_ms != 3] + [_entry(5, "loading", status=202)]
+    assert not verdict.check_slow_question(_evidence(*loading_late)).ok
+    slow_webhook = [e for e in GOOD if e.what != "webhook-answered"]
+    slow_webhook.append(_entry(1, "webhook-answered", delay_ms=900.0, status=200))
+    assert not verdict.check_slow_question(_evidence(*slow_webhook)).ok

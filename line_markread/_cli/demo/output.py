@@ -67,6 +67,8 @@ _DESCRIPTIONS: Mapping[str, Callable[[Entry], tuple[str, str]]] = {
     "mark-marked": lambda e: ("marked read", _GREEN),
     "mark-failed": lambda e: ("mark-as-read failed for good; the handler runs anyway", _RED),
     "handler": lambda e: (f"{e.detail} for {e.message}", _BOLD),
+    "handler-done": lambda e: (f"{e.detail} for {e.message}", _DIM),
+    "loading": lambda e: (f"LINE: {e.status}, loading animation shown ({e.detail})", _CYAN),
     "reply": lambda e: (f'reply for {e.message} reached LINE ({e.status}): "{e.detail}"', _BLUE),
     "webhook-answered": lambda e: (e.detail, _DIM),
 }

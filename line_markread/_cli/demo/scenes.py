@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import aiohttp
 
-from ...testing import TOKEN_MARK_AS_READ_PATH, FakeLinePlatform, Fault, signed_body
+from ...testing import REPLY_PATH, TOKEN_MARK_AS_READ_PATH, FakeLinePlatform, Fault, signed_body
 from .stage import DEMO_CHANNEL_SECRET
 from .timeline import USERS, Timeline
 
@@ -94,6 +94,19 @@ async def invalid_read_token(c: Conversation) -> None:
     await c.deliver(event)
 
 
+async def slow_question(c: Conversation) -> None:
+    # A 3 s answer in the background: the webhook is answered at once, the chat
+    # is read, the animation shows (and is refreshed), then the reply comes.  Her
+    # follow-up waits for the first answer: one chat, one handler at a time.
+    replies = len([r for r in c.fake.requests if r.path == REPLY_PATH])
+    await c.deliver(c.cast.photo("hana", "what is in this photo?", thinking=3.0))
+    # The webhook was answered before the mark: let it land, so the second
+    # photo is a follow-up in this story, not a newer message superseding it.
+    await c.timeline.wait_for(lambda e: e.what == "mark-marked" and e.chat == "hana", timeout=3)
+    await c.deliver(c.cast.photo("hana", "and this one?", thinking=0.3))
+    await c.fake.await_requests(replies + 2, path=REPLY_PATH, timeout=10)
+
+
 Scene = Callable[[Conversation], Awaitable[None]]
 SCENES: tuple[tuple[str, Scene], ...] = (
     ("Three users write at once", several_users_at_once),
@@ -103,6 +116,7 @@ SCENES: tuple[tuple[str, Scene], ...] = (
     ("Mark-as-read outage: 503, 503, then it recovers", outage_that_recovers),
     ("erin writes again while her first mark waits to retry", newer_message_supersedes_retry),
     ("gina's read token is rejected by LINE (400)", invalid_read_token),
+    ("hana asks about two photos: a slow answer in the background", slow_question),
 )
 
 

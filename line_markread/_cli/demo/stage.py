@@ -9,13 +9,19 @@ endpoint.  The fake LINE platform itself is started by `play` (in
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import aiohttp
 from aiohttp import web
-from linebot.v3.webhooks import MessageEvent, StickerMessageContent, TextMessageContent
+from linebot.v3.webhooks import (
+    ImageMessageContent,
+    MessageEvent,
+    StickerMessageContent,
+    TextMessageContent,
+)
 
 from ..._handler import WebhookHandler
 from ...aiohttp import webhook_view
@@ -34,7 +40,13 @@ DEMO_SETTINGS: Mapping[str, Any] = {
     "wait_timeout": 1.0,
     "request_timeout": 1.0,
     "close_grace": 1.0,
+    # The photo handler shows a 5 s animation; started again 3 s before it
+    # would end (every 2 s), so a 3 s handler shows one refresh, well clear
+    # of its reply (a refresh racing a reply would show the animation again).
+    "loading_margin": 3.0,
 }
+
+PHOTO_LOADING_SECONDS = 5
 
 
 class DemoBot:
@@ -62,16 +74,30 @@ class DemoBot:
             self._handler_ran(event, "handler ran")
             await self._reply(event.reply_token, f"you said: {event.message.text}")
 
+        @self.handler.add(
+            MessageEvent,
+            message=ImageMessageContent,
+            loading=PHOTO_LOADING_SECONDS,
+            background=True,
+        )
+        async def on_photo(event: Any) -> None:
+            # A slow answer (a model looking at the photo), after the webhook was answered.
+            self._handler_ran(event, "slow handler started (background=True, loading=5)")
+            message = self._timeline.cast.find(event.message.id)
+            await asyncio.sleep(message.thinking if message else 0.0)
+            self._handler_ran(event, "slow handler done", what="handler-done")
+            await self._reply(event.reply_token, "that is a cat")
+
         @self.handler.add(MessageEvent, message=StickerMessageContent, mark_as_read=False)
         async def on_sticker(event: Any) -> None:
             self._handler_ran(event, "handler ran (opted out: mark_as_read=False)")
             await self._reply(event.reply_token, "nice sticker")
 
-    def _handler_ran(self, event: Any, detail: str) -> None:
+    def _handler_ran(self, event: Any, detail: str, what: str = "handler") -> None:
         message = self._timeline.cast.find(event.message.id)
         chat = message.chat if message else "?"
         label = message.label if message else None
-        self._timeline.add("handler", chat, "bot", message=label, detail=detail)
+        self._timeline.add(what, chat, "bot", message=label, detail=detail)
 
     async def _reply(self, reply_token: str, text: str) -> None:
         assert self._session is not None

@@ -20,15 +20,17 @@ from typing import Any, Callable, Optional
 import attrs
 
 from ...testing import (
+    LOADING_PATH,
     REPLY_PATH,
     TOKEN_MARK_AS_READ_PATH,
     RecordedRequest,
+    image_event,
     sticker_event,
     text_event,
 )
 
 GROUP = "friends"
-USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "gina")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "gina", "hana")
 
 # What each message is expected to get, which decides which guarantees apply.
 MARKED, OPTED_OUT, REJECTED = "marked", "opted-out", "rejected"
@@ -53,10 +55,12 @@ class Message:
     token: str = attrs.field(repr=False)
     reply_token: str = attrs.field(repr=False)
     message_id: str = attrs.field(repr=False)
+    thinking: float = 0.0
+    """Seconds the bot's slow handler (photos: ``loading=``, ``background=True``) takes."""
 
     def to_json(self) -> dict[str, Any]:
         # Read and reply tokens are per-message credentials: left out even though fake.
-        public = ("label", "chat", "index", "sender", "kind", "text", "expect")
+        public = ("label", "chat", "index", "sender", "kind", "text", "expect", "thinking")
         return {"type": "message", **{name: getattr(self, name) for name in public}}
 
 
@@ -68,7 +72,7 @@ class Entry:
     chat: str
     what: str
     """scene, webhook, mark-sent, line-answered, mark-retry, mark-superseded,
-    mark-marked, mark-failed, handler, reply, webhook-answered."""
+    mark-marked, mark-failed, handler, handler-done, loading, reply, webhook-answered."""
     source: str
     """Which witness saw it: ``demo``, ``bot``, ``plugin`` (the trace) or ``line`` (the fake)."""
     message: Optional[str] = None
@@ -114,12 +118,26 @@ class Cast:
         event = sticker_event(user_id=self.user_ids[sender])
         return self._add(event, sender, chat=sender, text="(sticker)", expect=OPTED_OUT)
 
+    def photo(self, sender: str, question: str, *, thinking: float) -> dict[str, Any]:
+        """A photo with a question about it: the bot's slow handler takes *thinking* s."""
+        event = image_event(user_id=self.user_ids[sender])
+        return self._add(
+            event, sender, chat=sender, text=question, expect=MARKED, thinking=thinking
+        )
+
     def rejected_text(self, sender: str, text: str) -> dict[str, Any]:
         event = text_event(text, user_id=self.user_ids[sender])
         return self._add(event, sender, chat=sender, text=text, expect=REJECTED)
 
     def _add(
-        self, event: dict[str, Any], sender: str, *, chat: str, text: str, expect: str
+        self,
+        event: dict[str, Any],
+        sender: str,
+        *,
+        chat: str,
+        text: str,
+        expect: str,
+        thinking: float = 0.0,
     ) -> dict[str, Any]:
         self._counts[chat] += 1
         index = self._counts[chat]
@@ -135,6 +153,7 @@ class Cast:
             token=content["markAsReadToken"],
             reply_token=event["replyToken"],
             message_id=content["id"],
+            thinking=thinking,
         )
         self.messages.append(message)
         for key in (message.token, message.reply_token, message.message_id):
@@ -255,6 +274,19 @@ def line_entries(cast: Cast, records: Sequence[RecordedRequest], timeline: Timel
                 message=message.label if message else None,
                 status=record.status,
                 detail=record.outcome,
+            )
+        elif record.path == LOADING_PATH:
+            seconds = body.get("loadingSeconds")
+            answered = record.responded_at
+            timeline.add(
+                "loading",
+                cast.chat_label(f"user:{body.get('chatId')}"),
+                "line",
+                at=record.received_at,
+                status=record.status,
+                # How long LINE took to answer: the animation is on from then.
+                delay_ms=None if answered is None else (answered - record.received_at) * 1000,
+                detail=f"{seconds} s" if seconds is not None else "",
             )
         elif record.path == REPLY_PATH:
             message = cast.find(body.get("replyToken"))

@@ -18,6 +18,8 @@ from ..._version import __version__
 from .timeline import MARKED, OPTED_OUT, REJECTED, Entry, Message
 
 LINE_WEBHOOK_DEADLINE_MS = 2000.0
+BACKGROUND_WEBHOOK_MS = 500.0
+"""A webhook whose handlers run in the background is answered well within this."""
 
 
 @attrs.frozen
@@ -222,6 +224,107 @@ def check_stats(ev: Evidence) -> Check:
     )
 
 
+def _slow(ev: Evidence) -> list[Message]:
+    return [m for m in ev.messages if m.thinking > 0]
+
+
+def _first(entries: Sequence[Entry]) -> Optional[Entry]:
+    return entries[0] if entries else None
+
+
+def _read_at(ev: Evidence, message: Message) -> Optional[float]:
+    """When LINE first answered 200 for *message* or a newer message of its chat."""
+    return next(
+        (
+            a.t_ms
+            for a in ev.of("line-answered", chat=message.chat)
+            if a.status == 200 and ev.index(a.message) >= message.index
+        ),
+        None,
+    )
+
+
+def _shown_in_order(ev: Evidence, message: Message) -> bool:
+    """Read, then a loading start LINE accepted (202), then the handler, then the reply."""
+    handler = _first(ev.of("handler", message.label))
+    reply = _first(ev.of("reply", message.label))
+    read_at = _read_at(ev, message)
+    if handler is None or reply is None or read_at is None:
+        return False
+    return read_at <= handler.t_ms <= reply.t_ms and any(
+        start.status == 202
+        and read_at <= start.t_ms
+        and start.t_ms + (start.delay_ms or 0.0) <= handler.t_ms
+        for start in ev.of("loading", chat=message.chat)
+    )
+
+
+def check_slow_question(ev: Evidence) -> Check:
+    slow = _slow(ev)
+    chats = {m.chat for m in slow}
+    answers = [e for e in ev.of("webhook-answered") if e.chat in chats]
+    slowest = max((e.delay_ms or 0.0 for e in answers), default=0.0)
+    in_order = [m.label for m in slow if _shown_in_order(ev, m)]
+    ok = (
+        bool(slow)
+        and bool(answers)
+        and slowest < BACKGROUND_WEBHOOK_MS
+        and len(in_order) == len(slow)
+    )
+    return Check(
+        "slow handler in the background: webhook answered at once; read, loading, then reply",
+        ok,
+        f"webhooks answered in {slowest:.0f} ms at most while handlers took "
+        f"{', '.join(f'{m.thinking:g} s' for m in slow) or 'nothing'}; "
+        f"in order for {len(in_order)} of {len(slow)}",
+    )
+
+
+def check_loading_refreshed(ev: Evidence) -> Check:
+    """The animation is started again while a handler outlasts it, and never after it returned."""
+    refreshed, late = [], []
+    for message in _slow(ev):
+        handler = _first(ev.of("handler", message.label))
+        done = _first(ev.of("handler-done", message.label))
+        if handler is None or done is None:
+            continue
+        starts = [s.t_ms for s in ev.of("loading", chat=message.chat)]
+        during = [t for t in starts if handler.t_ms < t <= done.t_ms]
+        if during:
+            refreshed.append(f"{message.label}: {len(during)} refresh(es)")
+        # Between this handler's end and the chat's next handler, only that
+        # next message's own animation may start.
+        following = [h.t_ms for h in ev.of("handler", chat=message.chat) if h.t_ms > done.t_ms]
+        until = min(following, default=float("inf"))
+        after = [t for t in starts if done.t_ms < t < until]
+        if len(after) > (1 if following else 0):
+            late.append(message.label)
+    ok = bool(refreshed) and not late
+    detail = "; ".join(refreshed) or "no refresh"
+    if late:
+        detail += f"; started after the handler returned for {', '.join(late)}"
+    return Check("loading animation refreshed while the handler ran, none after", ok, detail)
+
+
+def check_chat_order(ev: Evidence) -> Check:
+    """Background handlers of one chat one at a time, in arrival order."""
+    overlaps = []
+    checked = 0
+    for chat in {m.chat for m in _slow(ev)}:
+        labels = [m.label for m in ev.messages if m.chat == chat and m.thinking > 0]
+        for earlier, later in zip(labels, labels[1:]):
+            done = _first(ev.of("handler-done", earlier))
+            start = _first(ev.of("handler", later))
+            checked += 1
+            if done is None or start is None or start.t_ms < done.t_ms:
+                overlaps.append(f"{later} before {earlier} was done")
+    return Check(
+        "one chat's background handlers one at a time, in order",
+        checked > 0 and not overlaps,
+        "; ".join(overlaps) or f"{checked} follow-up(s) waited for the earlier answer",
+    )
+
+
 CHECKS: tuple[Callable[[Evidence], Check], ...] = (
     check_read_before_reply,
     check_every_handler,
@@ -233,6 +336,9 @@ CHECKS: tuple[Callable[[Evidence], Check], ...] = (
     check_fewer_requests,
     check_webhook_deadline,
     check_stats,
+    check_slow_question,
+    check_loading_refreshed,
+    check_chat_order,
 )
 
 
