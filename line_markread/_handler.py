@@ -33,7 +33,7 @@ from ._dispatch import (
     validate_background,
     validate_policy,
 )
-from ._loading import Loader, Showing, loading_user, validate_loading
+from ._loading import Showing, loading_user, validate_loading
 from ._marker import BlockingTicket, Marker
 from ._outcome import Outcome
 from ._read_first import options_of
@@ -88,7 +88,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         self._markread_routes: dict[str, Route] = {}
         self._markread_default: Optional[Route] = None
         # Slow-handler machinery, built once here and used only by routes asking for it.
-        self._markread_loader = Loader(marker.settings)
+        self._markread_loader = marker._loader
         self._markread_background = False
         """Whether some route has ``background=True``: only then is a body scanned for them."""
         self._markread_pool_lock = threading.Lock()
@@ -194,6 +194,12 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                 f"{options.func!r}: @read_first(configuration=...) names another channel or "
                 "host than this handler's; drop configuration= on an installed handler"
             )
+        if loading and options.loading:
+            raise TypeError(
+                f"{options.func!r}: loading= given both to handler.add() and to "
+                "@read_first(); give it in one place"
+            )
+        loading = loading or options.loading
         return Route.of(options.func, options.mark_as_read, loading=loading, background=background)
 
     # -- handling ---------------------------------------------------------
@@ -346,7 +352,16 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                 )
                 pool.put(reservation, job, step.event)
                 continue
-            await self._arun_step(plan.destination, ticket, index, step, None)
+            if route.loading:
+                await self._arun_step(plan.destination, ticket, index, step, None)
+                continue
+            # The plain step, inline: no coroutine object per event for handlers
+            # that use neither keyword.
+            if step.decision is True:
+                await self._markread_marker._await_event(ticket, index)
+            result = route.call(step.event, plan.destination)
+            if inspect.isawaitable(result):
+                await result
         if reservation is not None:
             reservation.cancel()  # room a re-routed step did not use
 
@@ -465,7 +480,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
 
     def stats(self) -> Stats:
         """An immutable ``Stats`` snapshot of the counters (marks, loading, background)."""
-        total = self._markread_marker.stats() + self._markread_loader.stats()
+        total = self._markread_marker.stats()
         with self._markread_pool_lock:
             pools: list[Union[ThreadPool, TaskPool]] = list(self._markread_tasks.values())
             if self._markread_threads is not None:

@@ -26,6 +26,7 @@ from ._chat import Ticket
 from ._engine import Engine
 from ._guard import ChannelGuard
 from ._http import Credentials
+from ._loading import Loader
 from ._loop_thread import LoopThread
 from ._outcome import Outcome
 from ._settings import Settings
@@ -108,6 +109,8 @@ class Marker:
         self._pid = os.getpid()
         self._closed = False
         self._thread = LoopThread()
+        # The loading animation (handlers' ``loading=``), counted with the marks.
+        self._loader = Loader(self._settings)
         # A bot that never closes (the SDK's examples close nothing) still
         # drains its sync marks and exits quietly.
         self._finalizer = weakref.finalize(
@@ -314,6 +317,7 @@ class Marker:
         """A snapshot of counters over every event loop this marker has used."""
         with self._lock:
             total = self._caller_counts.snapshot()
+        total += self._loader.stats()
         for counters in list(self._counters):
             total += counters.snapshot()
         return total

@@ -27,6 +27,7 @@ from linebot.v3.messaging import Configuration
 
 from ._dispatch import MarkPolicy, Route, decide, validate_policy
 from ._http import Credentials
+from ._loading import validate_loading
 from ._marker import Marker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,6 +47,8 @@ class ReadFirst:
     mark_as_read: MarkPolicy
     marker: Optional[Marker] = attrs.field(default=None, repr=False)
     configuration: Any = attrs.field(default=None, repr=False)
+    loading: int = 0
+    """Seconds of loading animation after the mark (0: none), as ``handler.add(loading=)``."""
 
 
 def options_of(func: Callable[..., Any]) -> Optional[ReadFirst]:
@@ -106,6 +109,13 @@ def _wrap(options: ReadFirst) -> Callable[..., Any]:
                 decision = decide(route, event, marker.settings)
                 if decision is not False:
                     await marker.amark([event], wait=decision is True)
+                if options.loading:
+                    showing = await marker._loader.abegin(marker._engine(), event, options.loading)
+                    try:
+                        return await cast(Awaitable[Any], route.call(event, destination))
+                    finally:
+                        if showing is not None:
+                            showing.stop()
             result = route.call(event, destination)
             return await cast(Awaitable[Any], result)
 
@@ -120,6 +130,14 @@ def _wrap(options: ReadFirst) -> Callable[..., Any]:
                 decision = decide(route, event, marker.settings)
                 if decision is not False:
                     marker.mark([event], wait=decision is True)
+                if options.loading:
+                    engine = marker._background_engine()
+                    showing = marker._loader.begin(engine, event, options.loading)
+                    try:
+                        return route.call(event, destination)
+                    finally:
+                        if showing is not None:
+                            showing.stop()
             return route.call(event, destination)
 
         wrapper = sync_wrapper
@@ -143,6 +161,7 @@ def read_first(
     mark_as_read: MarkPolicy = True,
     marker: Optional[Marker] = None,
     configuration: Any = None,
+    loading: Union[bool, int] = False,
 ) -> Callable[[F], F]: ...
 
 
@@ -153,6 +172,7 @@ def read_first(
     mark_as_read: MarkPolicy = True,
     marker: Optional[Marker] = None,
     configuration: Any = None,
+    loading: Union[bool, int] = False,
 ) -> Union[F, Callable[[F], F]]:
     """Mark the decorated handler's message read, awaited, before it runs.
 
@@ -162,9 +182,12 @@ def read_first(
     ``marker=`` or ``configuration=``; a missing token is a ``RuntimeError``
     at the first event.  On a handler with the plugin installed, its options
     act exactly as ``handler.add(..., mark_as_read=...)`` would.
-    ``mark_as_read`` takes the values ``handler.add`` takes.
+    ``mark_as_read`` and ``loading`` take the values ``handler.add`` takes
+    (``background=`` is an option of ``handler.add`` only: the SDK's own handler
+    calls the function while LINE waits for the webhook's answer).
     """
     policy = validate_policy(mark_as_read)
+    seconds = validate_loading(loading)
     if marker is not None and configuration is not None:
         raise TypeError("read_first takes marker= or configuration=, not both")
     if marker is not None and not isinstance(marker, Marker):
@@ -175,7 +198,7 @@ def read_first(
             raise TypeError(f"read_first decorates a handler function, got {function!r}")
         if options_of(function) is not None:
             raise ValueError(f"{function!r} is already decorated with read_first")
-        options = ReadFirst(function, policy, marker, configuration)
+        options = ReadFirst(function, policy, marker, configuration, seconds)
         return cast(F, _wrap(options))
 
     if func is not None:

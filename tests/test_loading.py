@@ -11,9 +11,10 @@ from typing import Any, Callable
 
 import linebot.v3
 import pytest
+from linebot.v3.webhook import WebhookParser
 from linebot.v3.webhooks import MessageEvent, TextMessageContent
 
-from line_markread import WebhookHandler
+from line_markread import Marker, WebhookHandler, read_first
 from line_markread.testing import (
     LOADING_PATH,
     REPLY_PATH,
@@ -394,3 +395,68 @@ def test_assert_loading_before_replied_fails_when_the_mark_came_after_the_reply(
     sdk.handle(signed.body, signed.signature)
     with pytest.raises(AssertionError, match="before the message was marked read"):
         webhook.assert_loading_before_replied(fake)
+
+
+# -- @read_first(loading=...) ------------------------------------------------------
+
+
+def _sequence_holds(fake: FakeLinePlatform, started: float, seconds: int) -> None:
+    (mark,) = [r for r in fake.requests if r.path == TOKEN_MARK_AS_READ_PATH]
+    (start,) = loading(fake)
+    assert mark.responded_at is not None
+    assert start.responded_at is not None
+    assert mark.responded_at <= start.received_at
+    assert start.responded_at <= started
+    assert start.json["loadingSeconds"] == seconds  # type: ignore[index]  # JSON object
+
+
+def test_read_first_loading_on_the_sdks_own_handler(fake: FakeLinePlatform) -> None:
+    marker = Marker(configuration=fake.configuration())
+    sdk = linebot.v3.WebhookHandler(SECRET)
+    started: list[float] = []
+
+    def on_text(event: Any) -> None:
+        started.append(time.monotonic())
+
+    sdk.add(MessageEvent, message=TextMessageContent)(
+        read_first(marker=marker, loading=10)(on_text)
+    )
+    with marker:
+        sdk.handle(*signed_body(text_event("hi"), channel_secret=SECRET))
+        assert marker.stats().loading_started == 1
+    _sequence_holds(fake, started[0], 10)
+
+
+def test_read_first_loading_awaited_directly(fake: FakeLinePlatform) -> None:
+    started: list[float] = []
+
+    async def main() -> None:
+        async with Marker(configuration=fake.configuration()) as marker:
+
+            async def on_text(event: Any) -> None:
+                started.append(time.monotonic())
+
+            wrapped = read_first(marker=marker, loading=True)(on_text)
+            (model,) = WebhookParser(SECRET).parse(
+                *signed_body(text_event("hi"), channel_secret=SECRET)
+            )
+            await wrapped(model)
+
+    asyncio.run(main())
+    _sequence_holds(fake, started[0], 20)
+
+
+def test_read_first_loading_on_an_installed_handler(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler()
+    started: list[float] = []
+    handler.add(MessageEvent, message=TextMessageContent)(
+        read_first(loading=15)(lambda event: started.append(time.monotonic()))
+    )
+    driver.handle(handler, *signed_body(text_event("hi"), channel_secret=SECRET))
+    _sequence_holds(fake, started[0], 15)
+    with pytest.raises(TypeError, match="loading= given both"):
+        handler.add(MessageEvent, loading=5)(read_first(loading=15)(lambda event: None))
+    with pytest.raises(ValueError, match="loading"):
+        read_first(loading=3)
