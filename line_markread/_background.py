@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -217,6 +218,8 @@ class ThreadPool:
         self._counters = Counters()
         self._closed = False
         self._gave_up = False
+        self.pid = os.getpid()
+        """A forked child (gunicorn's workers) has none of its threads: it makes its own."""
 
     def stats(self) -> Stats:
         with self._lock:
@@ -240,6 +243,11 @@ class ThreadPool:
         """Queue *job* (a reserved one) in *event*'s chat lane; it runs when its turn comes."""
         reservation.left -= 1
         with self._lock:
+            if self._gave_up:  # close() gave up meanwhile: counted, never silently lost
+                self._counters.background_abandoned += 1
+                self._lanes.release(1)
+                log.warning("line_markread: a background handler arrived after close(); not run")
+                return
             self._counters.background_started += 1
             self._lanes.put(chat_key(event), (job, event))
             startable = self._lanes.take()
@@ -338,6 +346,11 @@ class TaskPool:
         event: Any,
     ) -> None:
         reservation.left -= 1
+        if self._gave_up:
+            self._counters.background_abandoned += 1
+            self._lanes.release(1)
+            log.warning("line_markread: a background handler arrived after aclose(); not run")
+            return
         self._counters.background_started += 1
         self._lanes.put(chat_key(event), (job, event))
         self._start()

@@ -13,6 +13,7 @@ import enum
 import functools
 import inspect
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable
@@ -410,9 +411,10 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         with self._markread_pool_lock:
             if self._markread_closed:
                 raise RuntimeError("line_markread: this handler is closed")
-            if self._markread_threads is None:
-                self._markread_threads = ThreadPool(self._markread_marker.settings)
-            return self._markread_threads
+            threads = self._markread_threads
+            if threads is None or threads.pid != os.getpid():
+                threads = self._markread_threads = ThreadPool(self._markread_marker.settings)
+            return threads
 
     def _task_pool(self, loop: asyncio.AbstractEventLoop) -> TaskPool:
         with self._markread_pool_lock:

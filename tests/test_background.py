@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
+import warnings
 from typing import Any, Callable
 
 import pytest
@@ -361,3 +363,29 @@ def test_close_reports_what_it_abandoned_after_the_grace(
     assert journal.order("start") == ["y1"]
     stats = handler.stats()
     assert (stats.background_abandoned, stats.background_pending) == (2, 0)
+
+
+def test_background_handlers_run_in_a_forked_child(fake: FakeLinePlatform) -> None:
+    """gunicorn forks workers after the app is built: the child gets a pool of its own."""
+    handler = WebhookHandler(SECRET, configuration=fake.configuration())
+    ran = threading.Event()
+    handler.add(MessageEvent, message=TextMessageContent, background=True)(lambda event: ran.set())
+    handler.handle(*body(text_event("parent", user_id=USER_A)))  # the parent's pool exists
+    assert ran.wait(10)
+    ran.clear()
+
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a multi-threaded process; that is the point here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        try:
+            handler.handle(*body(text_event("child", user_id=USER_B)))
+            code = 0 if ran.wait(5) else 1
+            handler.close()
+            os._exit(code)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    handler.close()
+    assert os.waitstatus_to_exitcode(status) == 0
