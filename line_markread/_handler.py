@@ -422,6 +422,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                 raise RuntimeError("line_markread: this handler is closed")
             pool = self._markread_tasks.get(loop)
             if pool is None:
+                for gone in [lp for lp in self._markread_tasks if lp.is_closed()]:
+                    del self._markread_tasks[gone]
                 pool = self._markread_tasks[loop] = TaskPool(self._markread_marker.settings, loop)
             return pool
 
@@ -503,6 +505,16 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         logged and counted (``stats().background_abandoned``).  Then marks get
         up to *grace* (default ``close_grace``) s.
         """
+        try:
+            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and running in self._markread_tasks:
+            # Waiting here for tasks of this very loop would never end.
+            raise RuntimeError(
+                "line_markread: close() called inside a running event loop; "
+                "use 'await aclose()' there"
+            )
         threads, task_pools = self._detach_pools()
         background_grace = self._markread_marker.settings.background_grace
         if threads is not None:

@@ -389,3 +389,27 @@ def test_background_handlers_run_in_a_forked_child(fake: FakeLinePlatform) -> No
     _, status = os.waitpid(pid, 0)
     handler.close()
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_close_inside_the_loop_of_background_tasks_raises_instead_of_hanging(
+    fake: FakeLinePlatform,
+) -> None:
+    driver = AsyncDriver()
+    handler = WebhookHandler(SECRET, configuration=fake.configuration())
+    journal = Journal()
+    handler.add(MessageEvent, message=TextMessageContent, background=True)(
+        handler_for(driver, journal)
+    )
+
+    async def close_from_the_loop() -> None:
+        handler.close()
+
+    try:
+        driver.handle(handler, *body(text_event("hi", user_id=USER_A)))
+        journal.wait_for(1)
+        future = asyncio.run_coroutine_threadsafe(close_from_the_loop(), driver.loop)
+        with pytest.raises(RuntimeError, match="aclose"):
+            future.result(timeout=10)
+        driver.close(handler)
+    finally:
+        driver.finish()
