@@ -52,13 +52,14 @@ class BackgroundFull(RuntimeError):
 
 
 def refuse_background(settings: Settings) -> None:
-    """Where options that exclude background handlers refuse them, at registration.
+    """Refuse ``background=True`` at registration where the settings exclude it.
 
-    A serverless setting that settles everything before ``handle()`` returns
-    (a planned ``settle_before_return=True``) cannot run handlers later: its
-    check belongs here, raising ``ValueError`` with the reason.
+    Serverless mode (``settle_before_return=True``) settles everything before
+    ``handle()`` returns; the platform may freeze the process right after, so
+    nothing may run later.  (The handler checks each body too, for routes
+    registered some other way.)
     """
-    if getattr(settings, "settle_before_return", False) is True:
+    if settings.settle_before_return:
         raise ValueError(
             "background=True cannot be used with settle_before_return=True: a serverless "
             "function may be frozen as soon as handle() returns"
