@@ -413,3 +413,16 @@ def test_close_inside_the_loop_of_background_tasks_raises_instead_of_hanging(
         driver.close(handler)
     finally:
         driver.finish()
+
+
+def test_serverless_mode_refuses_background_at_registration(fake: FakeLinePlatform) -> None:
+    """``settle_before_return=True``: nothing may outlive the request, so say so up front."""
+    with WebhookHandler(
+        SECRET, configuration=fake.configuration(), settle_before_return=True
+    ) as handler:
+        with pytest.raises(ValueError, match=r"background.*settle_before_return"):
+            handler.add(MessageEvent, message=TextMessageContent, background=True)
+        with pytest.raises(ValueError, match=r"background.*settle_before_return"):
+            handler.default(background=True)
+        handler.add(MessageEvent, message=TextMessageContent, loading=True)(lambda event: None)
+    assert fake.requests == []
