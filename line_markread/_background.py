@@ -107,6 +107,13 @@ class Lanes(Generic[J]):
         """Give back reserved room that was not used."""
         self.size -= count
 
+    def take_reserved(self, reservation: Reservation) -> None:
+        """Use one place of *reservation*; beyond it (a step routed anew), one more."""
+        if reservation.left > 0:
+            reservation.left -= 1
+        else:
+            self.size += 1
+
     def put(self, key: object, job: J) -> None:
         """Queue a reserved job behind its chat's earlier ones."""
         lane = self._lanes.get(key)
@@ -242,8 +249,8 @@ class ThreadPool:
 
     def put(self, reservation: Reservation, job: Callable[[], object], event: Any) -> None:
         """Queue *job* (a reserved one) in *event*'s chat lane; it runs when its turn comes."""
-        reservation.left -= 1
         with self._lock:
+            self._lanes.take_reserved(reservation)
             if self._gave_up:  # close() gave up meanwhile: counted, never silently lost
                 self._counters.background_abandoned += 1
                 self._lanes.release(1)
@@ -346,7 +353,7 @@ class TaskPool:
         job: Callable[[], Coroutine[Any, Any, object]],
         event: Any,
     ) -> None:
-        reservation.left -= 1
+        self._lanes.take_reserved(reservation)
         if self._gave_up:
             self._counters.background_abandoned += 1
             self._lanes.release(1)

@@ -14,6 +14,7 @@ import pytest
 from linebot.v3.webhooks import MessageEvent, TextMessageContent
 
 from line_markread import BackgroundFull, WebhookHandler
+from line_markread._background import Lanes, Reservation, ThreadPool
 from line_markread.testing import (
     LOADING_PATH,
     TOKEN_MARK_AS_READ_PATH,
@@ -426,3 +427,29 @@ def test_serverless_mode_refuses_background_at_registration(fake: FakeLinePlatfo
             handler.default(background=True)
         handler.add(MessageEvent, message=TextMessageContent, loading=True)(lambda event: None)
     assert fake.requests == []
+
+
+def test_lanes_schedule_one_job_per_chat_within_the_worker_limit() -> None:
+    """The pure scheduler behind both pools."""
+    lanes: Lanes[str] = Lanes(workers=2, capacity=4)
+    assert not lanes.reserve(5), "all or nothing"
+    assert lanes.reserve(3)
+    for chat, job in (("a", "a1"), ("a", "a2"), ("b", "b1")):
+        lanes.put(chat, job)
+    assert lanes.take() == [("a", "a1"), ("b", "b1")]
+    assert lanes.take() == []  # a2 waits for a1, and both workers are busy
+    lanes.finish("b")
+    assert lanes.take() == []  # b is empty; a is still running a1
+    lanes.finish("a")
+    assert lanes.take() == [("a", "a2")]
+    assert lanes.size == 1
+    assert lanes.reserve(1)
+    lanes.put("c", "c1")
+    # Beyond a reservation (a step routed anew after planning) the room grows by one.
+    reservation = Reservation(ThreadPool.__new__(ThreadPool), 0)
+    lanes.take_reserved(reservation)
+    lanes.put("a", "a3")
+    assert lanes.size == 3
+    # At close: what never started goes; a2, running, stays.
+    assert sorted(lanes.drop_waiting()) == ["a3", "c1"]
+    assert (lanes.size, lanes.running) == (1, 1)
