@@ -111,6 +111,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         (not a webhook body) before any request; a handler's exception
         propagates unchanged; a failed mark never raises.
         """
+        self._markread_marker._check_open()  # the only RuntimeError for a closed handler
         plan = self._plan(body, signature)
         for step in plan.steps:
             if step.route is not None and step.route.is_async:
@@ -137,6 +138,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
 
     async def handle_async(self, body: Union[str, bytes], signature: str) -> None:
         """``handle()`` for async frameworks: marks on the running loop; handlers may be async."""
+        self._markread_marker._check_open()  # the only RuntimeError for a closed handler
         plan = self._plan(body, signature)
         marker = self._markread_marker
         ticket = await marker._asubmit(plan.targets, skipped=plan.skipped, opted_out=plan.opted_out)

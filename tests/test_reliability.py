@@ -206,6 +206,7 @@ def test_a_final_error_with_a_non_json_body_is_reported_without_the_token(
 
     with caplog.at_level(logging.DEBUG, logger="line_markread"):
         driver.handle(handler, *body_of(event))
+        handler.marker.flush()  # on_failure runs on its own thread: flush waits for it
 
     assert [(f.status, f.reason) for f in failures] == [(400, "nope")]
     assert token_of(event) not in caplog.text
