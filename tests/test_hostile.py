@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -586,3 +587,17 @@ def test_garbage_bytes_are_a_failed_attempt_never_a_crash(
 
     assert ran == ["x"]
     assert [(f.status, f.attempts) for f in failures] == [(None, 2)]
+
+
+# -- the fault matrix stays true -------------------------------------------------------------
+
+
+def test_the_fault_matrix_names_only_tests_that_exist() -> None:
+    root = Path(__file__).resolve().parent.parent
+    matrix = (root / "docs" / "fault-matrix.md").read_text()
+    named = set(re.findall(r"`(test_[a-z0-9_]+)`", matrix))
+    defined = set()
+    for module in (root / "tests").glob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_[a-z0-9_]+)\(", module.read_text(), re.M))
+    assert len(named) >= 30
+    assert named - defined == set()
