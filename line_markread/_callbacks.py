@@ -17,6 +17,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from typing import Callable, Optional, TypeVar
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,26 @@ T = TypeVar("T")
 _STOP = object()
 
 
+_instances: weakref.WeakSet[CallbackThread] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for instance in list(_instances):
+        # Another parent thread may have held the lock at the fork: the child's copy is stuck.
+        instance._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - every POSIX Python has it
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class CallbackThread:
     """One daemon thread per marker, started on the first call (and anew after a fork)."""
 
     def __init__(self, name: str = "line-markread-callbacks") -> None:
         self._name = name
         self._lock = threading.Lock()
+        _instances.add(self)
         self._queue: queue.Queue[object] = queue.Queue(CALLBACK_QUEUE)
         self._thread: Optional[threading.Thread] = None
         self._pid = 0
