@@ -27,6 +27,7 @@ from linebot.v3.messaging import Configuration
 from linebot.v3.webhooks import MessageEvent
 
 from line_markread import Marker, MarkFailure, Outcome, WebhookBodyError, WebhookHandler
+from line_markread._callbacks import CALLBACK_QUEUE, CallbackThread
 from line_markread._check import inspect_account
 from line_markread.testing import sign, text_event
 
@@ -609,3 +610,28 @@ def test_the_fault_matrix_names_only_tests_that_exist() -> None:
         defined |= set(re.findall(r"^def (test_[a-z0-9_]+)\(", module.read_text(), re.M))
     assert len(named) >= 30
     assert named - defined == set()
+
+
+def test_failures_beyond_the_callback_queue_are_dropped_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The on_failure queue itself (no HTTP needed): a callback that blocks while
+    # more than CALLBACK_QUEUE failures arrive loses the excess, never silently.
+    unblock = threading.Event()
+    seen: list[int] = []
+    callbacks = CallbackThread()
+
+    def blocked(n: int) -> None:
+        unblock.wait(10)
+        seen.append(n)
+
+    with caplog.at_level(logging.WARNING, logger="line_markread"):
+        accepted = [callbacks.call(blocked, n) for n in range(CALLBACK_QUEUE + 50)]
+    unblock.set()
+    assert callbacks.drain(10)
+    callbacks.stop(1.0)
+
+    dropped = accepted.count(False)
+    assert 49 <= dropped <= 50  # the thread may have taken the first call off the queue
+    assert len(seen) == accepted.count(True)
+    assert len([r for r in caplog.records if "falling behind" in r.getMessage()]) == 1
