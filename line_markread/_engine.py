@@ -249,6 +249,9 @@ class Engine:
         if chat.covers(key):
             self.counters.already_read += 1
             return
+        # With coalescing a chat's new mark replaces its queued one (net zero), so only
+        # a chat without one can overflow; without coalescing every mark counts.
+        replaces = self._settings.coalesce and bool(chat.jobs)
         if self._settings.coalesce:
             if any(job.key >= key for job in chat.jobs):
                 # An older body's newer message (a redelivery, say) is already being marked.
@@ -257,7 +260,7 @@ class Engine:
             for job in list(chat.jobs):
                 self._supersede(chat, job)
         job = Job(target, key)
-        if not chat.jobs and len(self._jobs) >= self._settings.max_tracked_chats:
+        if not replaces and len(self._jobs) >= self._settings.max_tracked_chats:
             self._overflow(chat, job)
             return
         self._overflowing = False
