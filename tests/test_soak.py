@@ -422,7 +422,7 @@ def test_soak_through_an_outage_a_burst_and_a_slow_api(
         slowest = max(slowest, time.monotonic() - start)
         most_tracked = max(most_tracked, handler.marker.tracked_chats())
     overflowed = handler.stats().overflowed
-    assert slowest < wait + 1.0
+    assert slowest < wait + 1.5  # generous: scheduling noise on a loaded CI machine
     assert most_tracked <= cap + slots + per_body
     assert overflowed > 0
 
