@@ -4,7 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench soak clean
+.PHONY: demo test lint typecheck pytest test-sdk-floor bench soak clean
+
+# The oldest line-bot-sdk pyproject.toml declares, and a second environment holding it.
+SDK_FLOOR    := $(shell sed -n 's/^ *"line-bot-sdk>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+FLOOR_VENV   := .venv-sdk-floor
+FLOOR_STAMP  := $(FLOOR_VENV)/.installed
+# The core: handling, marking, policies, webhooks, the public API, cheap imports.
+FLOOR_TESTS  := tests/test_handler.py tests/test_marking.py tests/test_policies.py \
+                tests/test_webhooks.py tests/test_api.py tests/test_imports.py
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,12 +20,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(FLOOR_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FLOOR_VENV)/bin/python -m pip install --quiet -e . 'line-bot-sdk==$(SDK_FLOOR)' \
+		'pytest>=8' 'pytest-asyncio>=0.23' 'hypothesis>=6.80'
+	touch $(FLOOR_STAMP)
+
 ## make demo: run the self-contained demo conversation against the fake LINE platform
 demo: $(STAMP)
 	$(BIN)/line-markread demo
 
-## make test: ruff, mypy --strict and the whole pytest suite
-test: lint typecheck pytest
+## make test: ruff, mypy --strict, the whole pytest suite, then the core tests on the SDK floor
+test: lint typecheck pytest test-sdk-floor
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -29,6 +44,14 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
+## make test-sdk-floor: the core tests again, against the oldest line-bot-sdk declared
+test-sdk-floor: $(FLOOR_STAMP)
+	@test -n '$(SDK_FLOOR)' || { echo 'no line-bot-sdk>=X.Y in pyproject.toml' >&2; exit 1; }
+	$(FLOOR_VENV)/bin/python -c 'from importlib.metadata import version; \
+		v = version("line-bot-sdk"); f = lambda s: [int(x) for x in s.split(".")] + [0] * 3; \
+		assert f(v)[:3] == f("$(SDK_FLOOR)")[:3], v; print("line-bot-sdk", v)'
+	$(FLOOR_VENV)/bin/pytest -q -p no:cacheprovider $(FLOOR_TESTS)
+
 soak: $(STAMP)
 	$(BIN)/pytest --soak tests/test_soak.py tests/test_properties.py
 
@@ -36,4 +59,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FLOOR_VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -87,18 +87,20 @@ def machine() -> dict[str, Any]:
 # -- the table -----------------------------------------------------------
 
 
+_FORMATS = {
+    "s": lambda v: f"{v * 1000:.1f} ms",
+    "ms": lambda v: f"{v:.1f} ms",
+    "us": lambda v: f"{v:,.0f} us",
+    "events/s": lambda v: f"{v:,.0f}/s",
+    "MB": lambda v: f"{v:.1f} MB",
+}
+
+
 def _fmt(value: Optional[float], unit: str) -> str:
     if value is None or math.isnan(value):
         return "-"
-    if unit == "s":
-        return f"{value * 1000:.1f} ms"
-    if unit == "ms":
-        return f"{value:.1f} ms"
-    if unit == "events/s":
-        return f"{value:,.0f}/s"
-    if unit == "MB":
-        return f"{value:.1f} MB"
-    return f"{value:.3g}"
+    form = _FORMATS.get(unit)
+    return form(value) if form is not None else f"{value:.3g}"
 
 
 def _range(entry: dict[str, Any], unit: str) -> str:

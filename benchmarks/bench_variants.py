@@ -19,6 +19,7 @@ Every handler calls ``Probe.hit(event)`` first thing, which records when it star
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from collections.abc import Awaitable
@@ -104,16 +105,33 @@ class Variant:
             await self._close()
 
 
-def _register(handler: Any, probe: Probe, mark: Optional[Callable[[Any], None]] = None) -> None:
-    @handler.add(MessageEvent, message=TextMessageContent)  # type: ignore[untyped-decorator]  # SDK
+def _register(
+    handler: Any,
+    probe: Probe,
+    mark: Optional[Callable[[Any], None]] = None,
+    add_options: Optional[dict[str, Any]] = None,
+) -> None:
+    options = add_options or {}
+
+    @handler.add(MessageEvent, message=TextMessageContent, **options)  # type: ignore[untyped-decorator]  # SDK
     def on_text(event: Any) -> None:
         if mark is not None:
             mark(event)
         probe.hit(event)
 
-    @handler.add(FollowEvent)  # type: ignore[untyped-decorator]  # untyped SDK
+    @handler.add(FollowEvent, **options)  # type: ignore[untyped-decorator]  # untyped SDK
     def on_follow(event: Any) -> None:
         probe.hit(event)
+
+
+FEATURE_OFF_OPTIONS: dict[str, Any] = {"loading": False, "background": False}
+"""Per-handler options of the newer features, explicitly off (the S3 "features off" rows)."""
+
+
+def features_available() -> bool:
+    """Whether ``line_markread.WebhookHandler.add`` takes the newer per-handler keywords."""
+    parameters = inspect.signature(line_markread.WebhookHandler.add).parameters
+    return all(name in parameters for name in FEATURE_OFF_OPTIONS)
 
 
 def naive_sync(configuration: Configuration, probe: Probe) -> Variant:
@@ -152,9 +170,14 @@ def naive_async(configuration: Configuration, probe: Probe) -> Variant:
     return Variant("naive-async", aio=handle, close=client.close)
 
 
-def plugin_sync(configuration: Configuration, probe: Probe, **options: Any) -> Variant:
+def plugin_sync(
+    configuration: Configuration,
+    probe: Probe,
+    add_options: Optional[dict[str, Any]] = None,
+    **options: Any,
+) -> Variant:
     handler = line_markread.WebhookHandler(CHANNEL_SECRET, configuration=configuration, **options)
-    _register(handler, probe)
+    _register(handler, probe, add_options=add_options)
 
     async def close() -> None:
         await asyncio.to_thread(handler.close)
@@ -165,10 +188,14 @@ def plugin_sync(configuration: Configuration, probe: Probe, **options: Any) -> V
 
 
 def plugin_async(
-    configuration: Configuration, probe: Probe, name: str = "plugin-async", **options: Any
+    configuration: Configuration,
+    probe: Probe,
+    name: str = "plugin-async",
+    add_options: Optional[dict[str, Any]] = None,
+    **options: Any,
 ) -> Variant:
     handler = line_markread.WebhookHandler(CHANNEL_SECRET, configuration=configuration, **options)
-    _register(handler, probe)
+    _register(handler, probe, add_options=add_options)
     return Variant(
         name, aio=handler.handle_async, close=handler.aclose, stats=handler.stats,
         marker=handler.marker,

@@ -26,6 +26,7 @@ channel_secret, configuration = line_settings()
 
 # The one-line change: every message is marked read before its handler runs.
 handler = install(WebhookHandler(channel_secret), configuration=configuration)
+line_bot_api = MessagingApi(ApiClient(configuration))  # once per app, not per request
 
 
 @app.route("/callback", methods=["POST"])
@@ -50,13 +51,11 @@ def callback() -> str:
 @handler.add(MessageEvent, message=TextMessageContent)
 def handle_message(event: Any) -> None:
     # LINE has marked this message read by now: the user sees "Read" before the echo.
-    with ApiClient(configuration) as api_client:
-        line_bot_api = MessagingApi(api_client)
-        line_bot_api.reply_message_with_http_info(
-            ReplyMessageRequest(
-                reply_token=event.reply_token, messages=[TextMessage(text=event.message.text)]
-            )
+    line_bot_api.reply_message_with_http_info(
+        ReplyMessageRequest(
+            reply_token=event.reply_token, messages=[TextMessage(text=event.message.text)]
         )
+    )
 
 
 @handler.add(MessageEvent, message=StickerMessageContent, mark_as_read=False)

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from _common import line_settings, parse_args, serve_aiohttp
 from aiohttp import web
 from linebot.v3.exceptions import InvalidSignatureError
@@ -44,24 +46,34 @@ async def callback(request: web.Request) -> web.Response:
     # stay unread, say for a human agent in LINE Official Account Manager.
     await marker.amark(e for e in events if not is_sticker(e))
 
-    async with AsyncApiClient(configuration) as api_client:
-        line_bot_api = AsyncMessagingApi(api_client)
-        for event in events:
-            if not isinstance(event, MessageEvent):
-                continue
-            if not isinstance(event.message, TextMessageContent):
-                continue
-            await line_bot_api.reply_message(
-                ReplyMessageRequest(
-                    reply_token=event.reply_token, messages=[TextMessage(text=event.message.text)]
-                )
+    line_bot_api = request.app[LINE_API]
+    for event in events:
+        if not isinstance(event, MessageEvent):
+            continue
+        if not isinstance(event.message, TextMessageContent):
+            continue
+        await line_bot_api.reply_message(
+            ReplyMessageRequest(
+                reply_token=event.reply_token, messages=[TextMessage(text=event.message.text)]
             )
+        )
 
     return web.Response(text="OK\n")
 
 
+LINE_API = web.AppKey("line_api", AsyncMessagingApi)
+
+
+async def line_api_client(app: web.Application) -> AsyncIterator[None]:
+    """One SDK API client (and its connection pool) for the app's lifetime."""
+    async with AsyncApiClient(configuration) as api_client:
+        app[LINE_API] = AsyncMessagingApi(api_client)
+        yield
+
+
 def create_app() -> web.Application:
     app = web.Application()
+    app.cleanup_ctx.append(line_api_client)
     app.add_routes([web.post("/callback", callback)])
     app.cleanup_ctx.append(line_markread.aiohttp.lifespan(marker))  # drain marks, close session
     return app

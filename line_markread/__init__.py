@@ -4,19 +4,29 @@ A plugin for ``line-bot-sdk`` (``linebot.v3``).  Swap the SDK's
 ``WebhookHandler`` for ours, or install onto the one you have with
 ``install(handler, access_token=...)``.  See the README for the ordering
 guarantee and every option.
+
+Importing the package is cheap: ``linebot`` and ``aiohttp`` load on first
+use of a name that needs them (module ``__getattr__``, as in stamina), so the
+pytest plugin costs test suites that never touch LINE next to nothing.
 """
 
 from __future__ import annotations
 
-from ._body import WebhookBodyError
-from ._handler import WebhookHandler, install
-from ._marker import Marker
-from ._outcome import MarkFailure, Outcome
-from ._retry import is_testing, set_testing
-from ._settings import Settings
-from ._stats import Stats
-from ._targets import ChatId
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._body import WebhookBodyError
+    from ._handler import WebhookHandler, install
+    from ._marker import Marker
+    from ._outcome import MarkFailure, Outcome
+    from ._read_first import read_first
+    from ._retry import is_testing, set_testing
+    from ._settings import Settings
+    from ._stats import Stats
+    from ._targets import ChatId
 
 __all__ = [
     "ChatId",
@@ -30,5 +40,34 @@ __all__ = [
     "__version__",
     "install",
     "is_testing",
+    "read_first",
     "set_testing",
 ]
+
+_LAZY = {
+    "ChatId": "._targets",
+    "MarkFailure": "._outcome",
+    "Marker": "._marker",
+    "Outcome": "._outcome",
+    "Settings": "._settings",
+    "Stats": "._stats",
+    "WebhookBodyError": "._body",
+    "WebhookHandler": "._handler",
+    "install": "._handler",
+    "is_testing": "._retry",
+    "read_first": "._read_first",
+    "set_testing": "._retry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

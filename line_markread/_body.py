@@ -1,17 +1,18 @@
 """Webhook body -> events: the first step of the data flow.
 
-The SDK's ``WebhookParser.parse`` turns a message of a type it does not know
-into an ``UnknownEvent`` and drops its ``markAsReadToken``.  We parse the JSON
-once ourselves, keep each event's raw mapping next to its SDK model, and read
-targets from the raw mapping, so a message type LINE adds tomorrow is still
-marked.  Signature checking is the SDK's own validator, unchanged.
+``parse_body`` verifies the signature (the SDK's own validator, unchanged)
+and decodes the JSON once; the events stay plain JSON objects, from which
+``_dispatch`` reads the route and the read target (a message type LINE adds
+tomorrow, which the SDK turns into an ``UnknownEvent`` without its
+``markAsReadToken``, is still marked).  ``build_event`` makes the SDK model a
+handler receives, with the SDK's fallback; the handler calls it while the
+mark-as-read requests are already in flight.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 import attrs
@@ -32,17 +33,11 @@ class WebhookBodyError(ValueError):
 
 
 @attrs.frozen
-class ParsedEvent:
-    """One webhook event: the SDK model handlers receive, and the JSON it came from."""
-
-    model: Any
-    raw: Mapping[str, Any] = attrs.field(repr=False)
-
-
-@attrs.frozen
 class ParsedBody:
+    """A verified, decoded webhook body: its events as JSON objects, no SDK model built yet."""
+
     destination: Optional[str]
-    events: tuple[ParsedEvent, ...]
+    events: tuple[dict[str, Any], ...] = attrs.field(repr=False)
 
 
 def parse_body(parser: Any, body: Union[str, bytes], signature: str) -> ParsedBody:
@@ -80,16 +75,22 @@ def parse_body(parser: Any, body: Union[str, bytes], signature: str) -> ParsedBo
     raw_events = document.get("events")
     if not isinstance(raw_events, list):
         raise WebhookBodyError("webhook body must have an 'events' list")
+    for raw in raw_events:
+        if not isinstance(raw, dict):
+            raise WebhookBodyError(f"webhook event must be a JSON object, got {type(raw).__name__}")
     destination = document.get("destination")
     return ParsedBody(
         destination=destination if isinstance(destination, str) else None,
-        events=tuple(_parse_event(raw) for raw in raw_events),
+        events=tuple(raw_events),
     )
 
 
-def _parse_event(raw: object) -> ParsedEvent:
-    if not isinstance(raw, dict):
-        raise WebhookBodyError(f"webhook event must be a JSON object, got {type(raw).__name__}")
+def build_event(raw: dict[str, Any]) -> Any:
+    """The SDK model of one event, as ``WebhookParser.parse`` builds it.
+
+    Raises ``WebhookBodyError`` where the SDK would raise (not even an
+    ``UnknownEvent`` can be made of it).
+    """
     try:
         model = Event.from_dict(raw)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
@@ -102,4 +103,4 @@ def _parse_event(raw: object) -> ParsedEvent:
             model = UnknownEvent.new_from_json_dict(raw)
         except (ValueError, TypeError, RecursionError) as e:
             raise WebhookBodyError(f"webhook event could not be parsed: {e}") from e
-    return ParsedEvent(model=model, raw=raw)
+    return model

@@ -17,8 +17,9 @@ from typing import Any, Callable, Literal, Optional, Union, cast
 import attrs
 from linebot.v3.webhooks import MessageEvent
 
-from ._body import ParsedBody
+from ._body import ParsedBody, build_event
 from ._settings import Settings
+from ._shapes import Prediction, predict
 from ._targets import ReadTarget, Skip, read_target
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,22 @@ class Route:
 def find_route(
     routes: Mapping[str, Route], default: Optional[Route], event: Any
 ) -> Optional[Route]:
-    route = None
+    """The SDK's lookup for a built model: message-specific key, event key, default."""
     if isinstance(event, MessageEvent):
-        route = routes.get(route_key(type(event), type(event.message)))
+        return route_by_name(routes, default, (type(event).__name__, type(event.message).__name__))
+    return route_by_name(routes, default, (type(event).__name__, None))
+
+
+def route_by_name(
+    routes: Mapping[str, Route], default: Optional[Route], names: Prediction
+) -> Optional[Route]:
+    """``find_route`` from class names (``_shapes.predict``), before any model is built."""
+    event_name, message_name = names
+    route = None
+    if message_name is not None:
+        route = routes.get(f"{event_name}_{message_name}")
     if route is None:
-        route = routes.get(route_key(type(event)))
+        route = routes.get(event_name)
     return default if route is None else route
 
 
@@ -118,14 +130,22 @@ def decide(route: Optional[Route], event: Any, settings: Settings) -> Decision:
     return False
 
 
-@attrs.frozen
+@attrs.define
 class Step:
-    """One event of a body, planned: its handler, what it wants, and what to mark."""
+    """One event of a body, planned: its handler and what it wants.
+
+    ``event`` is the SDK model the handler receives.  It is built during
+    planning only when something needs it before the requests go out (a
+    callable policy, or JSON whose classes ``_shapes.predict`` cannot vouch
+    for); otherwise ``Plan.build_events`` fills it in while they are in flight.
+    """
 
     event: Any
     route: Optional[Route]
     decision: Decision
-    target: Union[ReadTarget, Skip]
+    raw: dict[str, Any] = attrs.field(repr=False, kw_only=True)
+    predicted: Optional[Prediction] = attrs.field(default=None, kw_only=True)
+    """The class names the route was looked up by, when ``event`` was not built first."""
 
 
 @attrs.frozen
@@ -136,25 +156,101 @@ class Plan:
     """Per step: what to mark, or ``None`` (nothing to mark, or opted out)."""
     skipped: int
     opted_out: int
+    routes: Mapping[str, Route] = attrs.field(repr=False)
+    default: Optional[Route] = attrs.field(repr=False)
+
+    def build_events(self) -> None:
+        """Build the SDK models not built during planning (after the requests have left)."""
+        for step in self.steps:
+            if step.event is None:
+                step.event = build_event(step.raw)
+                step.route = _verified_route(
+                    step.event, step.predicted, self.routes, self.default, step.route
+                )
+
+
+def _verified_route(
+    event: Any,
+    predicted: Optional[Prediction],
+    routes: Mapping[str, Route],
+    default: Optional[Route],
+    planned: Optional[Route],
+) -> Optional[Route]:
+    """A safety net: the route was picked from the JSON; the built model must agree with it.
+
+    ``_shapes.predict`` only answers when it is sure (tests/test_planning.py
+    holds it to the SDK), so this never fires unless a future SDK changes its
+    rules; then the handler the SDK would call still runs, and the log says so.
+    """
+    if predicted is None:
+        return planned
+    actual = (
+        type(event).__name__,
+        type(event.message).__name__ if isinstance(event, MessageEvent) else None,
+    )
+    if actual == predicted:
+        return planned
+    log.error(
+        "line_markread: planned %s from the webhook JSON but the SDK built %s; please report "
+        "this (the handler for %s runs)",
+        predicted,
+        actual,
+        actual,
+    )
+    return find_route(routes, default, event)
 
 
 def plan_body(
     body: ParsedBody, routes: Mapping[str, Route], default: Optional[Route], settings: Settings
 ) -> Plan:
+    """Route, decide and target every event from its JSON, building models only where needed.
+
+    A model is built here, before any request, when the route's policy is a
+    callable (it decides on the model) or when ``predict`` is not sure which
+    classes the SDK will pick; so a body the SDK would reject is rejected
+    here, before anything is sent.
+    """
     steps = []
     targets: list[Optional[ReadTarget]] = []
     skipped = opted_out = 0
-    for parsed in body.events:
-        route = find_route(routes, default, parsed.model)
-        target = read_target(parsed.raw, mode=settings.mode, mark_standby=settings.mark_standby)
-        decision: Decision = False
-        if target is not Skip.NOT_A_MESSAGE:
-            decision = decide(route, parsed.model, settings)
-            if decision is False:
-                opted_out += route is not None
-            elif isinstance(target, Skip):
-                skipped += 1
-        steps.append(Step(parsed.model, route, decision, target))
-        marks = decision is not False and isinstance(target, ReadTarget)
-        targets.append(target if marks else None)  # type: ignore[arg-type]  # narrowed by `marks`
-    return Plan(body.destination, tuple(steps), tuple(targets), skipped, opted_out)
+    mode, mark_standby = settings.mode, settings.mark_standby
+    others: list[Step] = []
+    for raw in body.events:
+        target = read_target(raw, mode=mode, mark_standby=mark_standby)
+        if target is Skip.NOT_A_MESSAGE:
+            # Nothing to mark or decide: routed below, once the body's requests are known.
+            step = Step(None, None, False, raw=raw)
+            others.append(step)
+            steps.append(step)
+            targets.append(None)
+            continue
+        predicted = predict(raw)
+        event: Any = None
+        if predicted is None:
+            event = build_event(raw)
+            route = find_route(routes, default, event)
+        else:
+            route = route_by_name(routes, default, predicted)
+            if route is not None and callable(route.policy):
+                event = build_event(raw)
+                route = _verified_route(event, predicted, routes, default, route)
+        decision = decide(route, event, settings)
+        if decision is False:
+            opted_out += route is not None
+        elif isinstance(target, Skip):
+            skipped += 1
+        steps.append(Step(event, route, decision, raw=raw, predicted=predicted))
+        targets.append(target if decision is not False and isinstance(target, ReadTarget) else None)
+    # Every step is routed before anything is sent (the handler checks routes first).
+    # When requests will leave before the remaining models are built, each of those
+    # must be certain to build: predicted, or built (and perhaps refused) now.  With
+    # no request to overlap, building now costs what building later would.
+    sending = any(targets)
+    for step in others:
+        step.predicted = predict(step.raw) if sending else None
+        if step.predicted is None:
+            step.event = build_event(step.raw)
+            step.route = find_route(routes, default, step.event)
+        else:
+            step.route = route_by_name(routes, default, step.predicted)
+    return Plan(body.destination, tuple(steps), tuple(targets), skipped, opted_out, routes, default)

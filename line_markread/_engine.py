@@ -565,6 +565,30 @@ class Engine:
         except asyncio.TimeoutError:
             log.debug("line_markread: the HTTP session did not close within %.1fs", _CLOSE_SETTLE)
 
+    # -- settling (serverless mode) ---------------------------------------
+
+    async def settle(self, targets: Sequence[Optional[ReadTarget]], deadline: float) -> int:
+        """Wait until no mark is in progress in the chats of *targets*, or loop time *deadline*.
+
+        For ``settle_before_return``: a mark in progress there is the one an
+        event of the body depends on (or a newer one covering it).  Returns
+        how many of those chats still had a mark in progress at *deadline*.
+        """
+        chats = {target.chat for target in targets if target is not None}
+        while True:
+            busy = [self._chats.get(chat_id) for chat_id in chats]
+            tasks = {
+                job.task
+                for chat in busy
+                if chat is not None
+                for job in chat.jobs
+                if job.task is not None and not job.task.done()
+            }
+            remaining = deadline - self._loop.time()
+            if not tasks or remaining <= 0:
+                return sum(1 for chat in busy if chat is not None and chat.jobs)
+            await asyncio.wait(tasks, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+
 
 def _start_async_generator(generator: AsyncIterator[None]) -> None:
     """Run *generator* to its first ``yield`` now, which registers it with the running loop."""

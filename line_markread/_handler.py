@@ -7,8 +7,11 @@ the handlers in body order, each waiting only for its own chat.
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import inspect
 import logging
+import time
 from typing import Any, Callable, Optional, TypeVar, Union
 
 import linebot.v3
@@ -17,12 +20,26 @@ from ._body import parse_body
 from ._dispatch import MarkPolicy, Plan, Route, plan_body, route_key, validate_policy
 from ._marker import Marker
 from ._outcome import Outcome
+from ._read_first import options_of
 from ._settings import Settings
 from ._stats import Stats
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Unset(enum.Enum):
+    """The default of ``add()``'s options: "not given", which ``None`` cannot say.
+
+    ``None`` is a mistake to refuse (``mark_as_read=None`` raises), so it
+    cannot double as the marker for "not given here, maybe by ``@read_first``".
+    """
+
+    UNSET = "unset"
+
+
+UNSET = Unset.UNSET
 
 
 class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SDK is untyped
@@ -65,53 +82,85 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         event: type,
         message: Union[type, list[type], tuple[type, ...], None] = None,
         *,
-        mark_as_read: MarkPolicy = True,
+        mark_as_read: Union[MarkPolicy, Unset] = UNSET,
     ) -> Callable[[F], F]:
         """Register a handler, as in the SDK, with what to do before it runs.
 
-        ``mark_as_read``: ``True`` (mark, and wait for it), ``False`` (never
-        mark: e.g. chats handed to a human agent), ``"nowait"`` (mark, but do
-        not hold the handler), or a function ``(event) -> True | False | "nowait"``
-        called per event before any handler of the body runs.
+        ``mark_as_read``: ``True`` (the default: mark, and wait for it),
+        ``False`` (never mark: e.g. chats handed to a human agent), ``"nowait"``
+        (mark, but do not hold the handler), or a function
+        ``(event) -> True | False | "nowait"`` called per event before any
+        handler of the body runs.  A function decorated with ``@read_first(...)``
+        brings its own options; giving them here as well is an error.
         """
-        policy = validate_policy(mark_as_read)
+        policy = None if mark_as_read is UNSET else validate_policy(mark_as_read)
         messages = message if isinstance(message, (list, tuple)) else [message]
 
         def decorator(func: F) -> F:
+            route = self._markread_route(func, policy)
             for item in messages:
-                self._markread_routes[route_key(event, item)] = Route.of(func, policy)
+                self._markread_routes[route_key(event, item)] = route
             return func
 
         return decorator
 
-    def default(self, *, mark_as_read: MarkPolicy = True) -> Callable[[F], F]:
+    def default(self, *, mark_as_read: Union[MarkPolicy, Unset] = UNSET) -> Callable[[F], F]:
         """Register the handler for events no other handler takes, as in the SDK."""
-        policy = validate_policy(mark_as_read)
+        policy = None if mark_as_read is UNSET else validate_policy(mark_as_read)
 
         def decorator(func: F) -> F:
-            self._markread_default = Route.of(func, policy)
+            self._markread_default = self._markread_route(func, policy)
             return func
 
         return decorator
+
+    def _markread_route(self, func: Callable[..., Any], policy: Optional[MarkPolicy]) -> Route:
+        """The route for *func*: ``add()``'s options, or those of its ``@read_first`` wrapper."""
+        options = options_of(func)
+        if options is None:
+            return Route.of(func, True if policy is None else policy)
+        if policy is not None:
+            raise TypeError(
+                f"{options.func!r}: mark_as_read= given both to handler.add() and to "
+                "@read_first(); give it in one place"
+            )
+        marker = self._markread_marker
+        if options.marker is not None and options.marker is not marker:
+            raise ValueError(
+                f"{options.func!r}: @read_first(marker=...) names another Marker than this "
+                "handler's; on an installed handler, drop marker= (the handler's marker marks)"
+            )
+        if options.configuration is not None and not marker.uses(options.configuration):
+            raise ValueError(
+                f"{options.func!r}: @read_first(configuration=...) names another channel or "
+                "host than this handler's; drop configuration= on an installed handler"
+            )
+        return Route.of(options.func, options.mark_as_read)
 
     # -- handling ---------------------------------------------------------
 
     def _plan(self, body: Union[str, bytes], signature: str) -> Plan:
-        return plan_body(
+        plan = plan_body(
             parse_body(self.parser, body, signature),
             self._markread_routes,
             self._markread_default,
             self._markread_marker.settings,
         )
+        if self._markread_marker.settings.settle_before_return:
+            _refuse_background(plan)
+        return plan
 
     def handle(self, body: Union[str, bytes], signature: str) -> None:
         """Verify, mark every message read, and run the handlers: for sync frameworks.
 
         Raises ``InvalidSignatureError`` (bad signature) and ``WebhookBodyError``
         (not a webhook body) before any request; a handler's exception
-        propagates unchanged; a failed mark never raises.
+        propagates unchanged; a failed mark never raises.  With
+        ``settle_before_return=True`` it returns only once the body's marks have
+        settled (or ``settle_timeout`` has passed).
         """
         self._markread_marker._check_open()  # the only RuntimeError for a closed handler
+        started = time.monotonic()  # the background loop's clock
         plan = self._plan(body, signature)
         for step in plan.steps:
             if step.route is not None and step.route.is_async:
@@ -121,6 +170,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                 )
         marker = self._markread_marker
         ticket = marker._submit(plan.targets, skipped=plan.skipped, opted_out=plan.opted_out)
+        # The loop thread sends the requests while this thread builds the SDK models.
+        plan.build_events()
         for index, step in enumerate(plan.steps):
             if step.route is None:
                 log.info("No handler for %s and no default handler", type(step.event).__name__)
@@ -135,13 +186,23 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                     f"handler {step.route.func!r} returned an awaitable: "
                     "call 'await handler.handle_async(body, signature)' from async code"
                 )
+        if marker.settings.settle_before_return:
+            marker._settle(plan.targets, started + marker.settings.settle_timeout)
 
     async def handle_async(self, body: Union[str, bytes], signature: str) -> None:
         """``handle()`` for async frameworks: marks on the running loop; handlers may be async."""
         self._markread_marker._check_open()  # the only RuntimeError for a closed handler
+        started = asyncio.get_running_loop().time()
         plan = self._plan(body, signature)
         marker = self._markread_marker
         ticket = await marker._asubmit(plan.targets, skipped=plan.skipped, opted_out=plan.opted_out)
+        if any(plan.targets):
+            # Two loop iterations (aiohttp's request task, then its body writer) put the
+            # requests on the wire of a pooled connection; the models are built while
+            # LINE answers.  In the same iterations as the requests: no extra polls.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        plan.build_events()
         for index, step in enumerate(plan.steps):
             if step.route is None:
                 log.info("No handler for %s and no default handler", type(step.event).__name__)
@@ -151,6 +212,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             result = step.route.call(step.event, plan.destination)
             if inspect.isawaitable(result):
                 await result
+        if marker.settings.settle_before_return:
+            await marker._asettle(plan.targets, started + marker.settings.settle_timeout)
 
     # -- manual marking, counters, closing --------------------------------
 
@@ -196,6 +259,19 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         await self.aclose()
 
 
+def _refuse_background(plan: Plan) -> None:
+    """Serverless mode: no handler may outlive the request (the platform freezes it)."""
+    for step in plan.steps:
+        # ``background=`` comes with the slow-handlers option; absent, nothing runs late.
+        if step.route is not None and getattr(step.route, "background", False):
+            raise ValueError(
+                f"handler {step.route.func!r} runs in the background, which "
+                "settle_before_return=True (serverless mode) does not allow: the platform "
+                "freezes the process once the response is out.  Drop background=True, "
+                "or settle_before_return=True on a server that keeps running."
+            )
+
+
 _marking_classes: dict[type, type] = {}
 
 
@@ -237,7 +313,7 @@ def install(
     upgraded: WebhookHandler = handler
     upgraded._install_markread(marker)
     for key, func in existing.items():
-        upgraded._markread_routes[key] = Route.of(func, True)
+        upgraded._markread_routes[key] = upgraded._markread_route(func, None)
     if default is not None:
-        upgraded._markread_default = Route.of(default, True)
+        upgraded._markread_default = upgraded._markread_route(default, None)
     return upgraded

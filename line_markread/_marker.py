@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import os
 import threading
@@ -68,14 +69,14 @@ def _submit_for(
         ticket = engine.submit(targets, timeout=time_left)
     except Exception:  # a bug: still, no waiting thread may hang on it
         log.exception("line_markread: could not start the marks of a webhook body")
-        _settle(futures, Outcome.FAILED)
+        _resolve_all(futures, Outcome.FAILED)
         return
     for waiter, future in zip(ticket.waiters, futures):
         if waiter is not None and future is not None:
             _chain(waiter.done, future)
 
 
-def _settle(
+def _resolve_all(
     futures: Iterable[Optional[concurrent.futures.Future[Outcome]]], outcome: Outcome
 ) -> None:
     for future in futures:
@@ -151,6 +152,10 @@ class Marker:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def uses(self, configuration: Any) -> bool:
+        """Whether *configuration* names the same host and access token as this marker."""
+        return Credentials.from_arguments(None, configuration) == self._credentials
 
     # -- events -> targets (pure) ----------------------------------------
 
@@ -243,12 +248,21 @@ class Marker:
         )
         try:
             engine = self._background_engine()
+            # The caller's context goes along, so the marks' tasks see its contextvars
+            # (a tracing span: a mark's HTTP span joins the webhook's trace).  Said
+            # explicitly: asyncio's handles copy it too, a different hand-over might not.
             engine.loop.call_soon_threadsafe(
-                _submit_for, engine, targets, futures, handed_at, self._settings.wait_timeout
+                _submit_for,
+                engine,
+                targets,
+                futures,
+                handed_at,
+                self._settings.wait_timeout,
+                context=contextvars.copy_context(),
             )
         except RuntimeError:  # closed since the caller's check (or its loop stopped)
             self._count(failed=len(targets) - futures.count(None))
-            _settle(futures, Outcome.FAILED)
+            _resolve_all(futures, Outcome.FAILED)
         return BlockingTicket(futures, handed_at)
 
     def _background_engine(self) -> Engine:
@@ -419,6 +433,31 @@ class Marker:
         await asyncio.to_thread(self._thread.stop, final=True)
         await asyncio.to_thread(self._callbacks.stop, 0.5)
         self._finalizer.detach()
+
+    # -- serverless mode (settle_before_return) ---------------------------
+
+    async def _asettle(self, targets: Sequence[Optional[ReadTarget]], deadline: float) -> None:
+        """Wait (until loop time *deadline*) for the marks of a body's chats, on this loop."""
+        if any(targets):
+            engine = self._engines.get(asyncio.get_running_loop())
+            if engine is not None:
+                self._report_cut(await engine.settle(targets, deadline))
+
+    def _settle(self, targets: Sequence[Optional[ReadTarget]], deadline: float) -> None:
+        """Blocking twin of ``_asettle`` (*deadline* on the background loop: monotonic)."""
+        if any(targets) and self._thread.is_started():
+            engine = self._engines.get(self._thread.loop())
+            if engine is not None:
+                self._report_cut(self._thread.run(engine.settle(targets, deadline)))
+
+    def _report_cut(self, busy_chats: int) -> None:
+        if busy_chats:
+            log.warning(
+                "line_markread: %d chat(s) still had a mark in progress after settle_timeout "
+                "(%.1fs); a platform that freezes the process may delay or lose it",
+                busy_chats,
+                self._settings.settle_timeout,
+            )
 
 
 def _close_background(

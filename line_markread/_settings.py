@@ -147,3 +147,18 @@ class Settings:
 
     jitter_seed: Optional[int] = attrs.field(default=None)
     """Seed for the backoff jitter, for reproducible runs (demo, tests)."""
+
+    settle_before_return: bool = attrs.field(default=False, validator=_bool)
+    """Serverless mode (AWS Lambda, Cloud Functions, Cloud Run): ``handle()`` and
+    ``handle_async()`` return only once every mark of the body has settled (marked,
+    failed for good, or cut at ``settle_timeout``), because the platform freezes
+    or throttles the process as soon as the response is out and a mark still
+    retrying in the background would be lost.  Handlers marked ``background=True``
+    are refused in this mode: nothing may outlive the request."""
+
+    settle_timeout: float = attrs.field(default=1.8, validator=_positive)
+    """Serverless mode: the longest time (s), counted from the start of ``handle()``,
+    that a body's marks may keep it from returning: under LINE's 2 s webhook
+    deadline.  A mark still in progress then is left to the engine (and logged);
+    on a platform that freezes the process it resumes, or gives up, on the next
+    invocation."""

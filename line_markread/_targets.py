@@ -76,7 +76,9 @@ def _chat_of(source: object) -> Union[ChatId, None]:
     if not isinstance(source, Mapping):
         return None
     kind = source.get("type")
-    key = {"user": "userId", "group": "groupId", "room": "roomId"}.get(kind)  # type: ignore[arg-type]  # kind may be anything
+    if not isinstance(kind, str):  # may be any JSON (a list is not even hashable)
+        return None
+    key = {"user": "userId", "group": "groupId", "room": "roomId"}.get(kind)
     if key is None:
         return None
     chat_id = source.get(key)

@@ -17,25 +17,16 @@ The same names exist in ``line_markread.starlette`` (FastAPI, Starlette):
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable
-from typing import Callable, Protocol
+from typing import Callable
 
 from aiohttp import web
-from linebot.v3.exceptions import InvalidSignatureError
 
-from ._body import WebhookBodyError
+from ._glue import SIGNATURE_HEADER, AsyncClosable, arespond
 from ._handler import WebhookHandler
 
 __all__ = ["SIGNATURE_HEADER", "init_app", "lifespan", "webhook_route", "webhook_view"]
 
-SIGNATURE_HEADER = "X-Line-Signature"
-
 View = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class AsyncClosable(Protocol):
-    """A ``WebhookHandler`` or a ``Marker``: anything with ``await aclose()``."""
-
-    def aclose(self) -> Awaitable[None]: ...
 
 
 def webhook_view(handler: WebhookHandler) -> View:
@@ -49,16 +40,8 @@ def webhook_view(handler: WebhookHandler) -> View:
 
     async def line_webhook(request: web.Request) -> web.StreamResponse:
         signature = request.headers.get(SIGNATURE_HEADER)
-        if signature is None:
-            return web.Response(status=400, text="Missing signature\n")
-        body = await request.read()
-        try:
-            await handler.handle_async(body, signature)
-        except InvalidSignatureError:
-            return web.Response(status=400, text="Invalid signature\n")
-        except WebhookBodyError:
-            return web.Response(status=400, text="Invalid webhook body\n")
-        return web.Response(text="OK\n")
+        answer = await arespond(handler, await request.read(), signature)
+        return web.Response(status=answer.status, text=answer.text)
 
     return line_webhook
 

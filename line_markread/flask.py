@@ -22,14 +22,11 @@ from __future__ import annotations
 from typing import Callable
 
 from flask import Flask, request
-from linebot.v3.exceptions import InvalidSignatureError
 
-from ._body import WebhookBodyError
+from ._glue import SIGNATURE_HEADER, respond
 from ._handler import WebhookHandler
 
 __all__ = ["SIGNATURE_HEADER", "init_app", "webhook_view"]
-
-SIGNATURE_HEADER = "X-Line-Signature"
 
 
 def webhook_view(handler: WebhookHandler) -> Callable[[], tuple[str, int]]:
@@ -42,16 +39,8 @@ def webhook_view(handler: WebhookHandler) -> Callable[[], tuple[str, int]]:
     """
 
     def line_webhook() -> tuple[str, int]:
-        signature = request.headers.get(SIGNATURE_HEADER)
-        if signature is None:
-            return "Missing signature\n", 400
-        try:
-            handler.handle(request.get_data(), signature)
-        except InvalidSignatureError:
-            return "Invalid signature\n", 400
-        except WebhookBodyError:
-            return "Invalid webhook body\n", 400
-        return "OK\n", 200
+        answer = respond(handler, request.get_data(), request.headers.get(SIGNATURE_HEADER))
+        return answer.text, answer.status
 
     return line_webhook
 

@@ -23,27 +23,18 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Callable, Optional, Protocol, TypeVar
 
-from linebot.v3.exceptions import InvalidSignatureError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from ._body import WebhookBodyError
+from ._glue import SIGNATURE_HEADER, AsyncClosable, arespond
 from ._handler import WebhookHandler
 
 __all__ = ["SIGNATURE_HEADER", "init_app", "lifespan", "webhook_route", "webhook_view"]
 
-SIGNATURE_HEADER = "X-Line-Signature"
-
 AppT = TypeVar("AppT")
 Lifespan = Callable[[AppT], contextlib.AbstractAsyncContextManager[Any]]
 """Starlette's lifespan shape: ``app -> async context manager`` (yielding state or None)."""
-
-
-class AsyncClosable(Protocol):
-    """A ``WebhookHandler`` or a ``Marker``: anything with ``await aclose()``."""
-
-    def aclose(self) -> Awaitable[None]: ...
 
 
 def webhook_view(handler: WebhookHandler) -> Callable[[Request], Awaitable[Response]]:
@@ -57,16 +48,8 @@ def webhook_view(handler: WebhookHandler) -> Callable[[Request], Awaitable[Respo
 
     async def line_webhook(request: Request) -> Response:
         signature = request.headers.get(SIGNATURE_HEADER)
-        if signature is None:
-            return PlainTextResponse("Missing signature\n", status_code=400)
-        body = await request.body()
-        try:
-            await handler.handle_async(body, signature)
-        except InvalidSignatureError:
-            return PlainTextResponse("Invalid signature\n", status_code=400)
-        except WebhookBodyError:
-            return PlainTextResponse("Invalid webhook body\n", status_code=400)
-        return PlainTextResponse("OK\n")
+        answer = await arespond(handler, await request.body(), signature)
+        return PlainTextResponse(answer.text, status_code=answer.status)
 
     return line_webhook
 

@@ -1,4 +1,4 @@
-"""Shared test helpers: the sync/async drivers and the channel secret."""
+"""Shared test helpers: the sync/async drivers, the channel secret, bodies and what LINE saw."""
 
 from __future__ import annotations
 
@@ -10,11 +10,47 @@ from typing import Any, Callable, Optional, Union
 from linebot.v3.webhooks import MessageEvent, TextMessageContent
 
 from line_markread import WebhookHandler
+from line_markread.testing import (
+    TOKEN_MARK_AS_READ_PATH,
+    USER_MARK_AS_READ_PATH,
+    FakeLinePlatform,
+    signed_body,
+)
 
 SECRET = "test-channel-secret"
 
 FAST_RETRIES: dict[str, Any] = {"backoff_initial": 0.01, "backoff_max": 0.02}
 """Backoff short enough that retry tests take milliseconds, yet real sleeps."""
+
+TOKEN_PATH = TOKEN_MARK_AS_READ_PATH
+USER_PATH = USER_MARK_AS_READ_PATH
+
+
+def body_of(*events: dict[str, Any]) -> tuple[str, str]:
+    return signed_body(*events, channel_secret=SECRET)
+
+
+def token_of(event: dict[str, Any]) -> str:
+    token = event["message"]["markAsReadToken"]
+    assert isinstance(token, str)
+    return token
+
+
+def sent_tokens(fake: FakeLinePlatform) -> list[str]:
+    return [r.json["markAsReadToken"] for r in fake.requests if r.path == TOKEN_PATH]  # type: ignore[index]  # JSON object
+
+
+def mark_answered_before(fake: FakeLinePlatform, tokens: set[str], moment: float) -> bool:
+    """Whether LINE had answered 200 to a mark of one of *tokens* before *moment*."""
+    return any(
+        r.path == TOKEN_PATH
+        and r.status == 200
+        and r.responded_at is not None
+        and r.responded_at <= moment
+        and r.json["markAsReadToken"] in tokens  # type: ignore[index]  # JSON object
+        for r in fake.requests
+    )
+
 
 HandlerFactory = Callable[..., WebhookHandler]
 """The ``new_handler`` fixture: options in, a handler on the fake platform out."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["S1", "S2", "S3", "S3c", "S4", "S5", "S6"]
+SCENARIOS = ["S1", "S2", "S3", "S3c", "S4", "S5", "S6", "S7", "S8"]
 FIVE = {"naive-sync", "naive-async", "plugin-sync", "plugin-async", "floor"}
 
 
@@ -56,7 +56,7 @@ def test_smoke_run_writes_well_formed_results(tmp_path: Path) -> None:
     for sid, scenario in results["scenarios"].items():
         assert scenario["id"] == sid
         assert scenario["title"]
-        assert scenario["targets"], sid
+        assert scenario["targets"] or sid == "S8", sid  # S8 (start-up) measures, no target
         for t in scenario["targets"]:
             assert set(t) == {"name", "value", "op", "threshold", "met"}
             assert t["op"] in (">=", "<=", "==")
@@ -65,7 +65,7 @@ def test_smoke_run_writes_well_formed_results(tmp_path: Path) -> None:
             assert value is None or _is_number(value)
         for variant in scenario["variants"].values():
             for key, _label, _unit in scenario["columns"]:
-                samples = 1 if sid == "S6" else repetitions
+                samples = {"S6": 1, "S8": results["config"]["s8_runs"]}.get(sid, repetitions)
                 _check_summary(variant["metrics"][key], samples)
 
     for sid in ("S1", "S2", "S3", "S3c", "S5"):
@@ -82,6 +82,12 @@ def test_smoke_run_writes_well_formed_results(tmp_path: Path) -> None:
     assert s2["plugin-async"]["info"]["requests_per_body"] == 1
     assert s2["naive-sync"]["info"]["requests_per_body"] == 10
     assert all(v["info"]["requests"] == 0 for v in results["scenarios"]["S4"]["variants"].values())
+    s3 = results["scenarios"]["S3"]["variants"]
+    assert all(_is_number(v["metrics"]["cpu_us_per_event"]["median"]) for v in s3.values())
+    assert set(results["scenarios"]["S7"]["variants"]) == FIVE
+    s8 = results["scenarios"]["S8"]["ratios"]
+    assert _is_number(s8["pytest start-up added by the plugin (ms)"])
+    assert _is_number(s8["line-markread --help beyond the interpreter (ms)"])
     s6 = results["scenarios"]["S6"]["variants"]["plugin-async"]["info"]
     assert s6["messages"] == results["config"]["s6_messages"]
     assert s6["tracked_chats"] <= s6["max_tracked_chats"]

@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import pytest
 
-from line_markread._check import Exit
 from line_markread._cli import main
+from line_markread._cli.check import Exit
 from line_markread.testing import FakeLinePlatform, Fault
 
 TOKEN = "tok-Distinctive-7c1e0b9f4a-do-not-print"

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from line_markread import __version__, _demo
-from line_markread._cli import main
+from line_markread import __version__
+from line_markread._cli import demo, main
+from line_markread._cli.demo import output, stage
 from line_markread.testing import FakeLinePlatform
 
 Record = dict[str, Any]
@@ -89,10 +90,22 @@ def test_subprocess_exits_0_with_json_only_on_stdout(
     assert run.summary["version"] == __version__
 
 
-def test_timeline_is_in_time_order(run: Run) -> None:
-    times = [e["t_ms"] for e in run.events]
+def test_witnesses_agree_on_cause_and_effect(run: Run) -> None:
+    """Three witnesses (the bot, the engine's trace, the fake's records) on one clock.
 
-    assert times == sorted(times)
+    If their clocks were not one, a cause would show after its effect: a mark
+    sent before the webhook of its chat came in, or a reply reaching LINE
+    before the handler that sent it ran.
+    """
+    handlers = run.of("handler")
+    assert len(handlers) >= 10
+    for sent in run.of("mark-sent"):
+        webhooks = run.of("webhook", chat=sent["chat"])
+        assert webhooks
+        assert min(w["t_ms"] for w in webhooks) <= sent["t_ms"]
+    for reply in run.of("reply"):
+        (handler,) = run.of("handler", message=reply["message"])
+        assert handler["t_ms"] <= reply["t_ms"]
 
 
 def test_every_marked_reply_follows_a_200_for_its_message_or_a_newer_one(run: Run) -> None:
@@ -206,7 +219,7 @@ def test_no_credentials_or_tokens_in_the_output(
 ) -> None:
     done, _ = subprocess_run
 
-    for secret in (_demo.DEMO_ACCESS_TOKEN, _demo.DEMO_CHANNEL_SECRET, "markAsReadToken"):
+    for secret in (stage.DEMO_ACCESS_TOKEN, stage.DEMO_CHANNEL_SECRET, "markAsReadToken"):
         assert secret not in done.stdout + done.stderr
 
 
@@ -239,7 +252,7 @@ def test_human_output_is_plain_when_piped(capsys: pytest.CaptureFixture[str]) ->
     assert "\x1b[" not in out
     assert re.search(r"read before reply for (\d+) of \1 replies", out)
     assert "Every guarantee held." in out
-    assert _demo.DEMO_ACCESS_TOKEN not in out
+    assert stage.DEMO_ACCESS_TOKEN not in out
 
 
 def test_demo_exits_1_when_handlers_do_not_wait(
@@ -250,10 +263,8 @@ def test_demo_exits_1_when_handlers_do_not_wait(
     ``wait_timeout=0`` releases each handler at once, and a
     slow LINE (50 ms per answer) makes every reply overtake its mark.
     """
-    monkeypatch.setattr(_demo, "DEMO_SETTINGS", {**_demo.DEMO_SETTINGS, "wait_timeout": 0.0})
-    monkeypatch.setattr(
-        _demo, "FakeLinePlatform", functools.partial(FakeLinePlatform, latency=0.05)
-    )
+    monkeypatch.setattr(stage, "DEMO_SETTINGS", {**stage.DEMO_SETTINGS, "wait_timeout": 0.0})
+    monkeypatch.setattr(demo, "FakeLinePlatform", functools.partial(FakeLinePlatform, latency=0.05))
 
     code = main(["demo", "--json"])
 
@@ -283,10 +294,10 @@ def test_colour_and_alignment_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("NO_COLOR", raising=False)
     monkeypatch.setenv("TERM", "xterm")
 
-    assert _demo.Style.for_stream(_Terminal()) == _demo.Style(colour=True, aligned=True)
-    assert _demo.Style.for_stream(io.StringIO()) == _demo.Style(colour=False, aligned=False)
+    assert output.Style.for_stream(_Terminal()) == output.Style(colour=True, aligned=True)
+    assert output.Style.for_stream(io.StringIO()) == output.Style(colour=False, aligned=False)
     monkeypatch.setenv("NO_COLOR", "1")
-    assert _demo.Style.for_stream(_Terminal()) == _demo.Style(colour=False, aligned=True)
+    assert output.Style.for_stream(_Terminal()) == output.Style(colour=False, aligned=True)
 
 
 def test_demo_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -319,10 +330,10 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_demo_that_cannot_run_exits_1_with_a_reason(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def broken(seed: int) -> _demo.Result:
+    async def broken(seed: int) -> demo.Result:
         raise OSError("no loopback today")
 
-    monkeypatch.setattr(_demo, "play", broken)
+    monkeypatch.setattr(demo, "play", broken)
 
     assert main(["demo", "--json"]) == 1
 

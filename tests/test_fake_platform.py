@@ -80,7 +80,6 @@ async def call(
 # -- normal answers ------------------------------------------------------
 
 
-@pytest.mark.asyncio
 async def test_token_mark_as_read(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> None:
     """A well-formed token request gets 200 {}, a request id, and is recorded."""
     answer = await call(session, fake, TOKEN_API, {"markAsReadToken": "tok"})
@@ -100,7 +99,6 @@ async def test_token_mark_as_read(fake: FakeLinePlatform, session: aiohttp.Clien
     assert fake.marked_tokens() == ["tok"]
 
 
-@pytest.mark.asyncio
 async def test_user_mark_as_read(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> None:
     """The user-ID API answers 200 {} and is not a token mark."""
     answer = await call(session, fake, USER_API, {"chat": {"userId": "Uabc"}})
@@ -110,7 +108,6 @@ async def test_user_mark_as_read(fake: FakeLinePlatform, session: aiohttp.Client
     assert fake.marked_tokens() == []
 
 
-@pytest.mark.asyncio
 async def test_bot_info(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> None:
     """Bot info reflects the settings, and set_bot_info changes them."""
     first = (await call(session, fake, BOT_INFO, method="GET")).json()
@@ -129,7 +126,6 @@ async def test_bot_info(fake: FakeLinePlatform, session: aiohttp.ClientSession) 
     assert fake.mark_requests() == []
 
 
-@pytest.mark.asyncio
 async def test_reply(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> None:
     """A reply gets one sent message (id and quote token) per message."""
     messages = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
@@ -185,7 +181,6 @@ def test_sync_client_urllib(fake: FakeLinePlatform) -> None:
 # -- errors ----------------------------------------------------------------
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize(
     "headers",
     [{}, {"Authorization": "Bearer wrong"}, {"Authorization": ACCESS_TOKEN}],
@@ -207,7 +202,6 @@ async def test_unauthorized(
     assert not fake.requests[0].authorized
 
 
-@pytest.mark.asyncio
 async def test_bot_info_needs_auth(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> None:
     """GET endpoints check the token too."""
     answer = await call(session, fake, BOT_INFO, method="GET", headers={})
@@ -215,7 +209,6 @@ async def test_bot_info_needs_auth(fake: FakeLinePlatform, session: aiohttp.Clie
     assert answer.status == 401
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("path", "raw"),
     [
@@ -252,7 +245,6 @@ async def test_bad_bodies(
     assert fake.marked_tokens() == []
 
 
-@pytest.mark.asyncio
 async def test_rejected_token(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> None:
     """A rejected token gets 400 like another bot's token would; others still pass."""
     fake.reject_token("foreign", "other")
@@ -266,7 +258,6 @@ async def test_rejected_token(fake: FakeLinePlatform, session: aiohttp.ClientSes
     assert fake.marked_tokens() == ["mine"]
 
 
-@pytest.mark.asyncio
 async def test_user_api_disabled(session: aiohttp.ClientSession) -> None:
     """Without the corporate option, the user-ID API answers 403."""
     with FakeLinePlatform(access_token=ACCESS_TOKEN, user_api_enabled=False) as fake:
@@ -276,7 +267,6 @@ async def test_user_api_disabled(session: aiohttp.ClientSession) -> None:
     assert answer.json()["message"]
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("path", "method", "body"),
     [
@@ -303,7 +293,6 @@ async def test_retry_key_is_refused(
     assert fake.marked_tokens() == []
 
 
-@pytest.mark.asyncio
 async def test_unknown_path_and_wrong_method(
     fake: FakeLinePlatform, session: aiohttp.ClientSession
 ) -> None:
@@ -319,7 +308,6 @@ async def test_unknown_path_and_wrong_method(
 # -- scripted faults -------------------------------------------------------
 
 
-@pytest.mark.asyncio
 async def test_scripted_statuses_in_order_then_normal(
     fake: FakeLinePlatform, session: aiohttp.ClientSession
 ) -> None:
@@ -335,7 +323,6 @@ async def test_scripted_statuses_in_order_then_normal(
     assert fake.marked_tokens() == ["t3", "t5", "t6"]
 
 
-@pytest.mark.asyncio
 async def test_script_is_per_path(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> None:
     """A script for one endpoint doesn't touch the others."""
     fake.script(USER_API, 500)
@@ -346,7 +333,6 @@ async def test_script_is_per_path(fake: FakeLinePlatform, session: aiohttp.Clien
     assert (token.status, user.status) == (200, 500)
 
 
-@pytest.mark.asyncio
 async def test_scripted_fault_comes_before_validation(
     fake: FakeLinePlatform, session: aiohttp.ClientSession
 ) -> None:
@@ -360,7 +346,6 @@ async def test_scripted_fault_comes_before_validation(
     assert (record.status, record.authorized, record.raw_body) == (503, False, b"garbage")
 
 
-@pytest.mark.asyncio
 async def test_retry_after(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> None:
     """Fault.status can add a Retry-After header."""
     fake.script(TOKEN_API, Fault.status(429, retry_after="3"), 429)
@@ -372,7 +357,6 @@ async def test_retry_after(fake: FakeLinePlatform, session: aiohttp.ClientSessio
     assert "Retry-After" not in without.headers
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize(
     "body", ["<html>502 Bad Gateway</html>", b"", b"\xff\xfe"], ids=["html", "empty", "binary"]
 )
@@ -388,7 +372,6 @@ async def test_raw_error_body(
     assert answer.body == (body.encode() if isinstance(body, str) else body)
 
 
-@pytest.mark.asyncio
 async def test_delay(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> None:
     """A delayed answer comes after a later, undelayed one, with the scripted status."""
     fake.script(TOKEN_API, Fault.delay(0.3, then=503))
@@ -407,7 +390,6 @@ async def test_delay(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> 
     assert slow_record.responded_at - slow_record.received_at >= 0.2
 
 
-@pytest.mark.asyncio
 async def test_delay_then_normal_success(
     fake: FakeLinePlatform, session: aiohttp.ClientSession
 ) -> None:
@@ -420,7 +402,6 @@ async def test_delay_then_normal_success(
     assert fake.marked_tokens() == ["late"]
 
 
-@pytest.mark.asyncio
 async def test_hang_released_by_client_timeout(
     fake: FakeLinePlatform, session: aiohttp.ClientSession
 ) -> None:
@@ -437,7 +418,6 @@ async def test_hang_released_by_client_timeout(
     assert fake.marked_tokens() == ["t2"]
 
 
-@pytest.mark.asyncio
 async def test_hang_released_by_stop(session: aiohttp.ClientSession) -> None:
     """stop() doesn't wait for a hung request: it closes it, and the client sees a disconnect."""
     fake = FakeLinePlatform(access_token=ACCESS_TOKEN).start()
@@ -453,7 +433,6 @@ async def test_hang_released_by_stop(session: aiohttp.ClientSession) -> None:
     assert (record.outcome, record.status) == ("dropped", None)
 
 
-@pytest.mark.asyncio
 async def test_delay_released_by_stop(session: aiohttp.ClientSession) -> None:
     """A long delay doesn't hold stop() either."""
     fake = FakeLinePlatform(access_token=ACCESS_TOKEN).start()
@@ -468,7 +447,6 @@ async def test_delay_released_by_stop(session: aiohttp.ClientSession) -> None:
     assert fake.requests[0].outcome == "dropped"
 
 
-@pytest.mark.asyncio
 async def test_drop(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> None:
     """A dropped request is a disconnect to the client, and complete with no status."""
     fake.script(TOKEN_API, Fault.drop())
@@ -481,7 +459,6 @@ async def test_drop(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> N
     assert fake.marked_tokens() == []
 
 
-@pytest.mark.asyncio
 async def test_reset(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> None:
     """A reset request is a connection reset to the client."""
     fake.script(TOKEN_API, Fault.reset())
@@ -506,7 +483,6 @@ def test_fault_validation() -> None:
 # -- latency ---------------------------------------------------------------
 
 
-@pytest.mark.asyncio
 async def test_latency_can_be_changed_while_running(
     fake: FakeLinePlatform, session: aiohttp.ClientSession
 ) -> None:
@@ -523,7 +499,6 @@ async def test_latency_can_be_changed_while_running(
     assert [r.outcome for r in fake.requests] == ["abandoned", "responded"]
 
 
-@pytest.mark.asyncio
 async def test_latency_applies_to_errors(session: aiohttp.ClientSession) -> None:
     """Even a 401 waits for the latency."""
     with FakeLinePlatform(latency=0.2) as fake:
@@ -538,7 +513,6 @@ async def test_latency_applies_to_errors(session: aiohttp.ClientSession) -> None
 # -- records and waiting ---------------------------------------------------
 
 
-@pytest.mark.asyncio
 async def test_records_are_ordered_and_timed(
     fake: FakeLinePlatform, session: aiohttp.ClientSession
 ) -> None:
@@ -556,7 +530,6 @@ async def test_records_are_ordered_and_timed(
     assert len({r.request_id for r in records}) == 5
 
 
-@pytest.mark.asyncio
 async def test_requests_is_a_snapshot(
     fake: FakeLinePlatform, session: aiohttp.ClientSession
 ) -> None:
@@ -568,7 +541,6 @@ async def test_requests_is_a_snapshot(
     assert len(fake.requests) == 1
 
 
-@pytest.mark.asyncio
 async def test_authorization_is_redacted(
     fake: FakeLinePlatform, session: aiohttp.ClientSession
 ) -> None:
@@ -589,7 +561,6 @@ def test_wait_for_requests_times_out_helpfully(fake: FakeLinePlatform) -> None:
         fake.wait_for_requests(1, path=TOKEN_API, timeout=0.05)
 
 
-@pytest.mark.asyncio
 async def test_await_requests_times_out_helpfully(
     fake: FakeLinePlatform, session: aiohttp.ClientSession
 ) -> None:
@@ -600,7 +571,6 @@ async def test_await_requests_times_out_helpfully(
         await fake.await_requests(1, path=TOKEN_API, timeout=0.05)
 
 
-@pytest.mark.asyncio
 async def test_await_requests_filters_by_path(
     fake: FakeLinePlatform, session: aiohttp.ClientSession
 ) -> None:
@@ -631,7 +601,6 @@ def test_wait_for_requests_from_another_thread(fake: FakeLinePlatform) -> None:
     assert records[0].status == 200
 
 
-@pytest.mark.asyncio
 async def test_reset_forgets_records_scripts_and_rejections(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -652,7 +621,6 @@ async def test_reset_forgets_records_scripts_and_rejections(
     assert (info["displayName"], info["chatMode"]) == ("Kept", "bot")
 
 
-@pytest.mark.asyncio
 async def test_marked_tokens_in_response_order(
     fake: FakeLinePlatform, session: aiohttp.ClientSession
 ) -> None:
@@ -669,7 +637,6 @@ async def test_marked_tokens_in_response_order(
     assert fake.marked_tokens() == ["second", "first"]
 
 
-@pytest.mark.asyncio
 async def test_many_concurrent_requests(
     fake: FakeLinePlatform, session: aiohttp.ClientSession
 ) -> None:
@@ -721,7 +688,6 @@ def test_lifecycle() -> None:
         _ = fake.url
 
 
-@pytest.mark.asyncio
 async def test_async_context_manager(session: aiohttp.ClientSession) -> None:
     """async with starts and stops it like with does."""
     async with FakeLinePlatform() as fake:
@@ -763,3 +729,28 @@ def test_recorded_request_is_frozen() -> None:
     with pytest.raises(AttributeError):
         record.status = 200  # type: ignore[misc]  # frozen: the point of the test
     assert not record.completed
+
+
+async def test_a_token_script_comes_before_the_path_script(
+    fake: FakeLinePlatform, session: aiohttp.ClientSession
+) -> None:
+    fake.script("/v2/bot/chat/markAsRead", 503)
+    fake.script_token("slow-token", Fault.status(500), Fault.status(502))
+    statuses = []
+    for token in ("slow-token", "other", "slow-token", "slow-token", "other"):
+        async with session.post(
+            f"{fake.url}/v2/bot/chat/markAsRead",
+            json={"markAsReadToken": token},
+            headers={"Authorization": f"Bearer {fake.access_token}"},
+        ) as response:
+            statuses.append(response.status)
+    assert statuses == [500, 503, 502, 200, 200]
+    fake.reset()
+    fake.script_token("slow-token", 500)
+    fake.reset()  # forgets token scripts too
+    async with session.post(
+        f"{fake.url}/v2/bot/chat/markAsRead",
+        json={"markAsReadToken": "slow-token"},
+        headers={"Authorization": f"Bearer {fake.access_token}"},
+    ) as response:
+        assert response.status == 200

@@ -20,41 +20,20 @@ from line_markread.testing import (
     Fault,
     follow_event,
     message_event,
-    signed_body,
     sticker_event,
     text_event,
 )
 
-from .support import SECRET, Driver, HandlerFactory
-
-TOKEN_PATH = "/v2/bot/chat/markAsRead"
-USER_PATH = "/v2/bot/message/markAsRead"
-
-
-def body_of(*events: dict[str, Any]) -> tuple[str, str]:
-    return signed_body(*events, channel_secret=SECRET)
-
-
-def token_of(event: dict[str, Any]) -> str:
-    token = event["message"]["markAsReadToken"]
-    assert isinstance(token, str)
-    return token
-
-
-def sent_tokens(fake: FakeLinePlatform) -> list[str]:
-    return [r.json["markAsReadToken"] for r in fake.requests if r.path == TOKEN_PATH]  # type: ignore[index]  # JSON object
-
-
-def mark_answered_before(fake: FakeLinePlatform, tokens: set[str], moment: float) -> bool:
-    """Whether LINE had answered 200 to a mark of one of *tokens* before *moment*."""
-    return any(
-        r.path == TOKEN_PATH
-        and r.status == 200
-        and r.responded_at is not None
-        and r.responded_at <= moment
-        and r.json["markAsReadToken"] in tokens  # type: ignore[index]  # JSON object
-        for r in fake.requests
-    )
+from .support import (
+    TOKEN_PATH,
+    USER_PATH,
+    Driver,
+    HandlerFactory,
+    body_of,
+    mark_answered_before,
+    sent_tokens,
+    token_of,
+)
 
 
 def test_each_handler_starts_after_its_message_is_marked(
@@ -103,7 +82,7 @@ def test_a_handler_waits_only_for_its_own_chat(
 ) -> None:
     handler = new_handler(wait_timeout=5.0)
     fast, slow = text_event("fast", user_id="Ufast"), text_event("slow", user_id="Uslow")
-    fake.script(TOKEN_PATH, Fault.delay(0.0), Fault.delay(0.4))  # body order: fast first
+    fake.script_token(token_of(slow), Fault.delay(0.4))
     started: dict[str, float] = {}
 
     @handler.add(MessageEvent, message=TextMessageContent)

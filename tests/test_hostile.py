@@ -28,7 +28,7 @@ from linebot.v3.webhooks import MessageEvent
 
 from line_markread import Marker, MarkFailure, Outcome, WebhookBodyError, WebhookHandler
 from line_markread._callbacks import CALLBACK_QUEUE, CallbackThread
-from line_markread._check import inspect_account
+from line_markread._cli.check import inspect_account
 from line_markread.testing import sign, text_event
 
 from .hostile import (
@@ -40,8 +40,7 @@ from .hostile import (
     http_response,
     send,
 )
-from .support import FAST_RETRIES, SECRET, Driver, with_text_handler
-from .test_handler import body_of
+from .support import FAST_RETRIES, SECRET, Driver, body_of, with_text_handler
 
 ACCESS_TOKEN = "HOSTILE-ACCESS-TOKEN-3c2b1a0f9e8d"
 

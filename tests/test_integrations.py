@@ -30,7 +30,11 @@ import line_markread.starlette
 from line_markread import Marker, WebhookHandler
 from line_markread.testing import FakeLinePlatform, WebhookFactory, sticker_event, text_event
 
-FRAMEWORKS = ("flask", "werkzeug", "fastapi", "starlette", "uvicorn", "waitress")
+FRAMEWORKS = (
+    *("flask", "werkzeug", "fastapi", "starlette", "uvicorn", "waitress"),
+    *("django", "functions_framework", "gunicorn"),
+    *("linebot", "aiohttp"),  # the import stays lazy: see test_imports.py
+)
 
 
 def test_importing_line_markread_imports_no_web_framework() -> None:

@@ -14,8 +14,18 @@ from linebot.v3.webhooks import MessageEvent, TextMessageContent
 from line_markread import MarkFailure, Outcome, WebhookHandler
 from line_markread.testing import FakeLinePlatform, Fault, message_event, text_event
 
-from .support import FAST_RETRIES, SECRET, Driver, HandlerFactory, with_text_handler
-from .test_handler import TOKEN_PATH, body_of, mark_answered_before, sent_tokens, token_of
+from .support import (
+    FAST_RETRIES,
+    SECRET,
+    TOKEN_PATH,
+    Driver,
+    HandlerFactory,
+    body_of,
+    mark_answered_before,
+    sent_tokens,
+    token_of,
+    with_text_handler,
+)
 
 # -- coalescing ---------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -9,13 +10,14 @@ import pytest
 from linebot.v3.webhooks import MessageEvent, TextMessageContent
 
 from line_markread import ChatId, Settings, is_testing, set_testing
+from line_markread._dispatch import Route, decide
+from line_markread._guard import ChannelGuard
 from line_markread._http import ApiResponse, parse_retry_after
 from line_markread._retry import Verdict, classify, next_delay
 from line_markread._targets import Endpoint, ReadTarget, Skip, read_target
 from line_markread.testing import FakeLinePlatform, text_event
 
-from .support import Driver, HandlerFactory
-from .test_handler import TOKEN_PATH, body_of
+from .support import TOKEN_PATH, Driver, HandlerFactory, body_of
 
 
 def target(raw: dict[str, Any], mode: Any = "auto", standby: bool = False) -> object:
@@ -111,3 +113,85 @@ def test_set_testing_turns_waiting_off_but_not_retrying(
     driver.handle(handler, *body_of(text_event(user_id="U1")))
 
     assert [r.status for r in fake.mark_requests()] == [503, 503, 200]
+
+
+# -- decide: what the handler about to run wants --------------------------------
+
+
+def _route(policy: Any) -> Route:
+    return Route.of(lambda event: None, policy)
+
+
+def test_decide_follows_the_route_or_mark_unhandled(caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings()
+    event = object()
+    assert decide(None, event, settings) is False
+    assert decide(None, event, Settings(mark_unhandled=True)) is True
+    assert decide(_route(True), event, settings) is True
+    assert decide(_route("nowait"), event, settings) == "nowait"
+    assert decide(_route(lambda e: "nowait"), event, settings) == "nowait"
+    assert decide(_route(lambda e: False), event, settings) is False
+
+
+def test_a_broken_policy_means_unread_and_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    def raises(event: object) -> bool:
+        raise LookupError("agent directory down")
+
+    with caplog.at_level(logging.ERROR, logger="line_markread"):
+        assert decide(_route(raises), object(), Settings()) is False
+        assert decide(_route(lambda e: 1), object(), Settings()) is False
+        assert decide(_route(lambda e: None), object(), Settings()) is False
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 3
+
+
+# -- the channel guard, on an injected clock --------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_auth_latch_lasts_its_cooldown_then_lifts() -> None:
+    clock = Clock()
+    guard = ChannelGuard(retry_budget=10, auth_cooldown=60.0, rate_limit_cooldown=1.0, clock=clock)
+    guard.latch(Endpoint.USER, 403)
+    assert guard.latched(Endpoint.USER)
+    assert not guard.latched(Endpoint.TOKEN)  # a 403 latches its endpoint only
+    guard.latch(Endpoint.TOKEN, 401)
+    assert guard.latched(Endpoint.TOKEN)  # a 401: everything
+    assert guard.latched(Endpoint.USER)
+    clock.now += 59.9
+    assert guard.latched(Endpoint.TOKEN)
+    clock.now += 0.2
+    assert not guard.latched(Endpoint.TOKEN)
+    assert not guard.latched(Endpoint.USER)
+
+
+def test_the_429_pause_takes_retry_after_or_the_cooldown() -> None:
+    clock = Clock()
+    guard = ChannelGuard(retry_budget=10, auth_cooldown=60.0, rate_limit_cooldown=1.5, clock=clock)
+    assert guard.pause_left() == 0.0
+    guard.rate_limited(None)
+    assert guard.pause_left() == pytest.approx(1.5)
+    guard.rate_limited(4.0)
+    assert guard.pause_left() == pytest.approx(4.0)
+    guard.rate_limited(0.5)  # a shorter pause never cuts a longer one
+    assert guard.pause_left() == pytest.approx(4.0)
+    clock.now += 4.0
+    assert guard.pause_left() == 0.0
+
+
+def test_the_retry_budget_spends_and_refills() -> None:
+    guard = ChannelGuard(retry_budget=12, auth_cooldown=60.0, rate_limit_cooldown=1.0)
+    assert guard.spend_retry(after_timeout=False) == 5
+    assert guard.spend_retry(after_timeout=False) == 5
+    assert guard.spend_retry(after_timeout=False) == 0  # 2 tokens left: refused, none taken
+    assert guard.spend_retry(after_timeout=True) == 0
+    guard.record_success(5)  # a success after a retry returns that retry's cost
+    guard.record_success(0)  # a first-try success gives one back
+    assert guard.spend_retry(after_timeout=True) == 0  # 8 < 10
+    assert guard.spend_retry(after_timeout=False) == 5

@@ -40,9 +40,7 @@ from linebot.v3.webhooks import MessageEvent, TextMessageContent
 from line_markread import WebhookHandler
 from line_markread.testing import FakeLinePlatform, Fault, signed_body, text_event
 
-from .support import SECRET
-
-TOKEN_PATH = "/v2/bot/chat/markAsRead"
+from .support import SECRET, TOKEN_PATH
 
 REQUEST_TIMEOUT = 0.1
 """What a scripted hang costs.  With at most 6 faults and 10 attempts, nothing runs out of

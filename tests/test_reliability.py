@@ -15,8 +15,17 @@ import pytest
 from line_markread import MarkFailure
 from line_markread.testing import FakeLinePlatform, Fault, message_event, text_event
 
-from .support import FAST_RETRIES, Driver, HandlerFactory, with_text_handler
-from .test_handler import TOKEN_PATH, USER_PATH, body_of, sent_tokens, token_of
+from .support import (
+    FAST_RETRIES,
+    TOKEN_PATH,
+    USER_PATH,
+    Driver,
+    HandlerFactory,
+    body_of,
+    sent_tokens,
+    token_of,
+    with_text_handler,
+)
 
 # -- 429 ----------------------------------------------------------------------
 

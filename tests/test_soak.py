@@ -49,9 +49,7 @@ from line_markread.testing import (
     text_event,
 )
 
-from .support import SECRET, AsyncDriver, Driver
-
-TOKEN_PATH = "/v2/bot/chat/markAsRead"
+from .support import SECRET, TOKEN_PATH, AsyncDriver, Driver
 
 RETRY_COST = 5
 """What the cheapest retry costs in the retry budget (``_guard.RETRY_COST``)."""

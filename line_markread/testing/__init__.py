@@ -10,36 +10,41 @@ LINE would send to your bot, so tests go through the SDK's real parsing.
 ``set_testing()`` turns the plugin's backoff waits off, so tests of retries
 run at full speed (attempts and their order are unchanged).
 
-Nothing here talks to LINE.
+Nothing here talks to LINE.  Importing this module is cheap: the fake
+platform (aiohttp) and the webhook builders load on first use of a name.
 """
 
 from __future__ import annotations
 
-from .._retry import is_testing, set_testing
-from ._assertions import assert_marked_before_replied, assert_not_marked
-from ._fake_platform import (
-    BOT_INFO_PATH,
-    REPLY_PATH,
-    TOKEN_MARK_AS_READ_PATH,
-    USER_MARK_AS_READ_PATH,
-    FakeLinePlatform,
-    Fault,
-    RecordedRequest,
-)
-from ._webhooks import (
-    SignedWebhook,
-    WebhookFactory,
-    follow_event,
-    image_event,
-    message_event,
-    postback_event,
-    sign,
-    signed_body,
-    sticker_event,
-    text_event,
-    unfollow_event,
-    webhook_body,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .._retry import is_testing, set_testing
+    from ._assertions import assert_marked_before_replied, assert_not_marked
+    from ._fake_platform import (
+        BOT_INFO_PATH,
+        REPLY_PATH,
+        TOKEN_MARK_AS_READ_PATH,
+        USER_MARK_AS_READ_PATH,
+        FakeLinePlatform,
+        Fault,
+        RecordedRequest,
+    )
+    from ._webhooks import (
+        SignedWebhook,
+        WebhookFactory,
+        follow_event,
+        image_event,
+        message_event,
+        postback_event,
+        sign,
+        signed_body,
+        sticker_event,
+        text_event,
+        unfollow_event,
+        webhook_body,
+    )
 
 __all__ = [
     "BOT_INFO_PATH",
@@ -66,3 +71,42 @@ __all__ = [
     "unfollow_event",
     "webhook_body",
 ]
+
+_LAZY = {
+    "BOT_INFO_PATH": "._fake_platform",
+    "REPLY_PATH": "._fake_platform",
+    "TOKEN_MARK_AS_READ_PATH": "._fake_platform",
+    "USER_MARK_AS_READ_PATH": "._fake_platform",
+    "FakeLinePlatform": "._fake_platform",
+    "Fault": "._fake_platform",
+    "RecordedRequest": "._fake_platform",
+    "SignedWebhook": "._webhooks",
+    "WebhookFactory": "._webhooks",
+    "assert_marked_before_replied": "._assertions",
+    "assert_not_marked": "._assertions",
+    "follow_event": "._webhooks",
+    "image_event": "._webhooks",
+    "is_testing": ".._retry",
+    "message_event": "._webhooks",
+    "postback_event": "._webhooks",
+    "set_testing": ".._retry",
+    "sign": "._webhooks",
+    "signed_body": "._webhooks",
+    "sticker_event": "._webhooks",
+    "text_event": "._webhooks",
+    "unfollow_event": "._webhooks",
+    "webhook_body": "._webhooks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

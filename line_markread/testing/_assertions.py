@@ -12,14 +12,14 @@ from typing import Any, Optional
 
 import attrs
 
-from ._fake_platform import (
+from ._endpoints import (
     MARK_AS_READ_PATHS,
     REPLY_PATH,
     TOKEN_MARK_AS_READ_PATH,
     USER_MARK_AS_READ_PATH,
-    FakeLinePlatform,
-    RecordedRequest,
 )
+from ._fake_platform import FakeLinePlatform
+from ._records import RecordedRequest
 
 __all__ = ["assert_marked_before_replied", "assert_not_marked"]
 

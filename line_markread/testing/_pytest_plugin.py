@@ -25,11 +25,16 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from ._fake_platform import FakeLinePlatform
-from ._webhooks import WebhookFactory
+if TYPE_CHECKING:
+    # Every pytest session in an environment with line-markread installed loads
+    # this module: the fake platform (aiohttp) and the SDK load only when a
+    # fixture is used.
+    from ._fake_platform import FakeLinePlatform
+    from ._webhooks import WebhookFactory
 
 # -- fixtures -------------------------------------------------------------------
 
@@ -37,6 +42,8 @@ from ._webhooks import WebhookFactory
 @pytest.fixture
 def line_platform() -> Iterator[FakeLinePlatform]:
     """A running ``FakeLinePlatform`` (127.0.0.1, random port), stopped after the test."""
+    from ._fake_platform import FakeLinePlatform  # noqa: PLC0415  # lazy: cheap pytest start-up
+
     with FakeLinePlatform() as platform:
         yield platform
 
@@ -50,4 +57,6 @@ def line_channel_secret() -> str:
 @pytest.fixture
 def line_webhook(line_channel_secret: str) -> WebhookFactory:
     """A ``WebhookFactory`` signing with ``line_channel_secret``."""
+    from ._webhooks import WebhookFactory  # noqa: PLC0415  # lazy: cheap pytest start-up
+
     return WebhookFactory(line_channel_secret)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from ._version import __version__
+from .._version import __version__
 
 PROG = "line-markread"
 DEFAULT_SEED = 7
@@ -33,7 +33,7 @@ to configure, nothing sent to LINE."""
 
 def build_parser() -> argparse.ArgumentParser:
     # Only the chosen command loads its modules: --help and check stay quick.
-    from ._check import DEFAULT_HOST, EXIT_STATUS_HELP, TOKEN_ENV  # noqa: PLC0415  # lazy: fast --help
+    from .check import DEFAULT_HOST, EXIT_STATUS_HELP, TOKEN_ENV  # noqa: PLC0415  # lazy: fast --help
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -120,13 +120,13 @@ def _silence_stdout() -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return _demo(as_json=args.json, seed=args.seed)
-    from ._check import run  # noqa: PLC0415  # loaded only for this command
+    from .check import run  # noqa: PLC0415  # loaded only for this command
 
     return int(run(access_token=args.access_token, host=args.host, as_json=args.json))
 
 
 def _demo(*, as_json: bool, seed: int) -> int:
-    from ._demo import run  # noqa: PLC0415  # aiohttp and the SDK load only when needed
+    from .demo import run  # noqa: PLC0415  # aiohttp and the SDK load only when needed
 
     try:
         return run(as_json=as_json, seed=seed)

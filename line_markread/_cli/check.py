@@ -25,8 +25,8 @@ from typing import Any, Optional, TextIO
 
 import attrs
 
-from ._sanitize import server_text
-from ._version import __version__
+from .._sanitize import server_text
+from .._version import __version__
 
 DEFAULT_HOST = "https://api.line.me"
 BOT_INFO_PATH = "/v2/bot/info"

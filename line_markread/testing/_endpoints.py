@@ -1,0 +1,198 @@
+"""
+The LINE endpoints the fake serves, with LINE's validation and answers.
+
+Each endpoint is one handler function, ``(account, body) -> (status, body)``,
+and one row of `ENDPOINTS` (path -> method and handler).  `answer` applies
+what every endpoint shares (404, 405, 401, no retry key) before the handler
+runs.  `Account` is what LINE knows about the bot, which the handlers answer
+from; scripted faults come before all of this (see ``_faults``).
+"""
+
+from __future__ import annotations
+
+import http
+import itertools
+import json
+import secrets
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Callable
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._records import RecordedRequest
+
+TOKEN_MARK_AS_READ_PATH = "/v2/bot/chat/markAsRead"
+USER_MARK_AS_READ_PATH = "/v2/bot/message/markAsRead"
+BOT_INFO_PATH = "/v2/bot/info"
+REPLY_PATH = "/v2/bot/message/reply"
+
+MARK_AS_READ_PATHS = frozenset({TOKEN_MARK_AS_READ_PATH, USER_MARK_AS_READ_PATH})
+
+JSON = "application/json"
+
+_AUTH_FAILED = (
+    "Authentication failed. Confirm that the access token in the authorization header is valid."
+)
+_EMPTY_OBJECT = b"{}"
+
+# The messages LINE's API uses for these statuses where we know them; other
+# statuses fall back to the HTTP reason phrase.
+_ERROR_MESSAGES: Mapping[int, str] = {
+    400: "The request body has 1 error(s)",
+    401: _AUTH_FAILED,
+    403: "Access to this API is not available for your account",
+    404: "Not found",
+    429: "The API rate limit has been exceeded. Try again later.",
+    500: "An error occurred in the server",
+}
+
+Answer = tuple[int, bytes]
+"""An HTTP status and a JSON body."""
+
+
+class Account:
+    """
+    What LINE knows about the bot: the state the handlers answer from.
+
+    Guarded by the platform's lock (passed in), except `user_api_enabled`,
+    a plain flag tests flip.
+    """
+
+    def __init__(
+        self,
+        lock: threading.Condition,
+        *,
+        bot_name: str,
+        chat_mode: str,
+        mark_as_read_mode: str,
+        user_api_enabled: bool,
+    ) -> None:
+        self.lock = lock
+        self.user_api_enabled = user_api_enabled
+        # Guarded by lock:
+        self.bot_name = bot_name
+        self.chat_mode = chat_mode
+        self.mark_as_read_mode = mark_as_read_mode
+        self.rejected: set[str] = set()
+        # Fixed:
+        self.bot_user_id = "U" + secrets.token_hex(16)
+        self.basic_id = "@" + secrets.token_hex(4)
+        self.message_ids = itertools.count(secrets.randbelow(10**17) + 10**17)
+
+
+Handler = Callable[[Account, object], Answer]
+"""An endpoint's own logic, given the account and the parsed JSON body (None if none)."""
+
+
+@attrs.frozen
+class Endpoint:
+    method: str
+    handler: Handler
+
+
+def error_body(status: int, message: str | None = None, details: list[Any] | None = None) -> bytes:
+    """A LINE-style JSON error body: ``{"message": ..., "details": [...]}``."""
+    if message is None:
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        message = _ERROR_MESSAGES.get(status, phrase)
+    payload: dict[str, Any] = {"message": message}
+    if details:
+        payload["details"] = details
+    return json.dumps(payload).encode()
+
+
+def _invalid(prop: str, message: str = "must be specified") -> Answer:
+    return 400, error_body(400, details=[{"message": message, "property": prop}])
+
+
+def _nonempty_str(value: object) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def answer(account: Account, record: RecordedRequest) -> Answer:
+    """The normal answer to *record*: the checks every endpoint shares, then its handler."""
+    endpoint = ENDPOINTS.get(record.path)
+    if endpoint is None:
+        return 404, error_body(404)
+    if record.method != endpoint.method:
+        return 405, error_body(405, "Method not allowed")
+    if not record.authorized:
+        return 401, error_body(401)
+    if "X-Line-Retry-Key" in record.headers:
+        # LINE accepts it on push, multicast, narrowcast and broadcast only.
+        return 400, error_body(400, "The retry key can't be used with this endpoint")
+    return endpoint.handler(account, record.json)
+
+
+# -- the handlers ---------------------------------------------------------
+
+
+def token_mark_as_read(account: Account, body: object | None) -> Answer:
+    """``POST /v2/bot/chat/markAsRead``: mark read by the event's ``markAsReadToken``."""
+    if not isinstance(body, dict):
+        return _invalid("markAsReadToken", "The request body must be a JSON object")
+    token = body.get("markAsReadToken")
+    if not _nonempty_str(token):
+        return _invalid("markAsReadToken")
+    with account.lock:
+        rejected = token in account.rejected
+    if rejected:
+        return 400, error_body(400, "Invalid markAsReadToken")
+    return 200, _EMPTY_OBJECT
+
+
+def user_mark_as_read(account: Account, body: object | None) -> Answer:
+    """``POST /v2/bot/message/markAsRead``: the older API, by user ID."""
+    if not account.user_api_enabled:
+        return 403, error_body(403)
+    if not isinstance(body, dict):
+        return _invalid("chat", "The request body must be a JSON object")
+    chat = body.get("chat")
+    if not isinstance(chat, dict) or not _nonempty_str(chat.get("userId")):
+        return _invalid("chat.userId")
+    return 200, _EMPTY_OBJECT
+
+
+def bot_info(account: Account, body: object | None) -> Answer:
+    """``GET /v2/bot/info``: the bot's name and its chat and mark-as-read modes."""
+    with account.lock:
+        info = {
+            "userId": account.bot_user_id,
+            "basicId": account.basic_id,
+            "displayName": account.bot_name,
+            "chatMode": account.chat_mode,
+            "markAsReadMode": account.mark_as_read_mode,
+        }
+    return 200, json.dumps(info).encode()
+
+
+def reply(account: Account, body: object | None) -> Answer:
+    """``POST /v2/bot/message/reply``: 1 to 5 messages, each with a type."""
+    if not isinstance(body, dict):
+        return _invalid("replyToken", "The request body must be a JSON object")
+    if not _nonempty_str(body.get("replyToken")):
+        return _invalid("replyToken")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not 1 <= len(messages) <= 5:
+        return _invalid("messages", "size must be between 1 and 5")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not _nonempty_str(message.get("type")):
+            return _invalid(f"messages[{i}].type")
+    sent = [
+        {"id": str(next(account.message_ids)), "quoteToken": secrets.token_urlsafe(24)}
+        for _ in messages
+    ]
+    return 200, json.dumps({"sentMessages": sent}).encode()
+
+
+ENDPOINTS: Mapping[str, Endpoint] = {
+    TOKEN_MARK_AS_READ_PATH: Endpoint("POST", token_mark_as_read),
+    USER_MARK_AS_READ_PATH: Endpoint("POST", user_mark_as_read),
+    BOT_INFO_PATH: Endpoint("GET", bot_info),
+    REPLY_PATH: Endpoint("POST", reply),
+}
