@@ -68,6 +68,8 @@ def parse_body(parser: Any, body: Union[str, bytes], signature: str) -> ParsedBo
         document = json.loads(text)
     except ValueError as e:
         raise WebhookBodyError(f"webhook body is not JSON: {e}") from e
+    except RecursionError as e:  # a signed body of 2,000 "[": not a webhook, not a crash
+        raise WebhookBodyError("webhook body is JSON nested too deeply") from e
     if not isinstance(document, dict):
         raise WebhookBodyError("webhook body must be a JSON object")
     raw_events = document.get("events")
@@ -91,7 +93,7 @@ def build_event(raw: dict[str, Any]) -> Any:
     """
     try:
         model = Event.from_dict(raw)
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         # Same fallback as the SDK's parser, widened to the errors a malformed
         # event raises from the generated models.
         log.info(
@@ -99,6 +101,6 @@ def build_event(raw: dict[str, Any]) -> Any:
         )
         try:
             model = UnknownEvent.new_from_json_dict(raw)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, RecursionError) as e:
             raise WebhookBodyError(f"webhook event could not be parsed: {e}") from e
     return model

@@ -10,6 +10,7 @@ timestamp first, the order the plugin saw them second.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Optional
 
 import attrs
@@ -42,15 +43,11 @@ class BodyWaiters:
 
 
 class Waiter:
-    __slots__ = ("body", "done", "expired", "key", "sent")
+    __slots__ = ("body", "done", "key")
 
     def __init__(self, key: Key, loop: asyncio.AbstractEventLoop) -> None:
         self.key = key
         self.done: asyncio.Future[Outcome] = loop.create_future()
-        # Whether a request covering this message has gone out: the body's
-        # timeout never releases a handler before that.
-        self.sent = False
-        self.expired = False
         self.body: Optional[BodyWaiters] = None
 
     def release(self, outcome: Outcome) -> None:
@@ -59,28 +56,28 @@ class Waiter:
             if self.body is not None:
                 self.body.settled()
 
-    def mark_sent(self) -> None:
-        self.sent = True
-        if self.expired:
-            self.release(Outcome.TIMED_OUT)
-
     def expire(self) -> None:
-        """The body's ``wait_timeout`` is over: ``TIMED_OUT``, once the request is out."""
-        self.expired = True
-        if self.sent:
-            self.release(Outcome.TIMED_OUT)
+        """The body's ``wait_timeout`` is over: ``TIMED_OUT``, whether or not a request went out.
+
+        Marking goes on (or fails, counted) in the background; the handler's
+        wait is bounded by ``wait_timeout`` under every API behaviour and any
+        queue length.
+        """
+        self.release(Outcome.TIMED_OUT)
 
 
 class Job:
-    __slots__ = ("in_flight", "key", "sent", "superseded", "target", "task")
+    __slots__ = ("in_flight", "key", "settled", "superseded", "target", "task")
 
     def __init__(self, target: ReadTarget, key: Key) -> None:
         self.target = target
         self.key = key
         self.task: Optional[asyncio.Task[None]] = None
         self.in_flight = False
-        self.sent = False
         self.superseded = False
+        # Marked or failed (and counted): a task cancelled at close that is not
+        # settled yet is counted as failed by the close.
+        self.settled = False
 
 
 class Chat:
@@ -92,7 +89,12 @@ class Chat:
         self.waiters: list[Waiter] = []
 
     def is_idle(self) -> bool:
-        return not self.jobs and not self.waiters
+        return not self.jobs and not any(not w.done.done() for w in self.waiters)
+
+    def prune(self) -> None:
+        """Forget waiters already released (by ``wait_timeout``): only unresolved ones matter."""
+        if self.waiters:
+            self.waiters = [w for w in self.waiters if not w.done.done()]
 
     def covers(self, key: Key) -> bool:
         return self.marked is not None and self.marked >= key
@@ -113,3 +115,18 @@ class Ticket:
 def expire_all(waiters: list[Waiter]) -> None:
     for waiter in waiters:
         waiter.expire()
+
+
+def failed_ticket(
+    targets: Sequence[Optional[ReadTarget]], loop: asyncio.AbstractEventLoop
+) -> tuple[Ticket, int]:
+    """A ticket whose marks all failed already (closed meanwhile), and how many there are."""
+    waiters: list[Optional[Waiter]] = []
+    for target in targets:
+        if target is None:
+            waiters.append(None)
+            continue
+        waiter = Waiter((target.timestamp, -1), loop)
+        waiter.release(Outcome.FAILED)
+        waiters.append(waiter)
+    return Ticket(tuple(waiters)), len(waiters) - waiters.count(None)

@@ -18,13 +18,21 @@ first, the order the plugin saw them second.
 
 Invariant: every unresolved waiter with key ``k`` has a live job with key
 ``>= k``.  Submitting keeps it (a new job's key is the newest); supersession
-keeps it (the superseding job is newer); a failure or ``aclose`` resolves
-the waiters it would otherwise orphan.
+keeps it (the superseding job is newer); a failure, an overflow or ``aclose``
+resolves the waiters it would otherwise orphan.  Whatever happens, a waiter
+is released at its body's deadline at the latest.
+
+Hostile conditions (docs/fault-matrix.md): no exception of any type escapes
+a mark's task (an unexpected one fails the mark for good, counted, with one
+ERROR); chats with a mark in progress are capped by ``max_tracked_chats``;
+``on_failure`` runs on its own thread; once closing began no attempt starts
+that cannot end within the grace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import logging
 import random
@@ -32,31 +40,57 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Optional, Union
 
-from ._chat import BodyWaiters, Chat, Job, Key, Ticket, Waiter, expire_all
+import attrs
+
+from ._callbacks import CallbackThread
+from ._chat import BodyWaiters, Chat, Job, Key, Ticket, Waiter, expire_all, failed_ticket
 from ._guard import ChannelGuard
 from ._http import ApiResponse, Credentials, Transport, TransportError
 from ._outcome import MarkFailure, Outcome
-from ._retry import Verdict, classify, is_testing, next_delay
+from ._retry import Verdict, attempt_timeout, classify, is_testing, next_delay
+from ._sanitize import server_text
 from ._settings import Settings
 from ._stats import Counters
 from ._targets import ChatId, ReadTarget
 
 log = logging.getLogger(__name__)
 
-_LATCHED = "not sent: LINE answered 401/403 recently (auth latch)"
+_CLOSE_SETTLE = 1.0
+"""Seconds ``aclose`` waits for cancelled marks and the HTTP session after the grace."""
+
+
+class GiveUp(enum.Enum):
+    """Why a mark stops without (another) request; the value is the reason reported."""
+
+    LATCHED = "not sent: LINE answered 401/403 recently (auth latch)"
+    DEADLINE = "retry deadline passed"
+    RATE_LIMITED = "rate limited (429) beyond the retry deadline"
+    BUDGET = "retry budget exhausted"
+    FINAL = ""
+    """A final answer, or ``max_attempts`` reached: the answer itself is the reason."""
+    CLOSING = "not sent: the marker is closing"
+    OVERFLOW = "not sent: too many chats with a mark in progress (max_tracked_chats)"
 
 
 class Engine:
     """Marks read targets on the event loop it was created on."""
 
-    def __init__(self, settings: Settings, credentials: Credentials, guard: ChannelGuard) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        credentials: Credentials,
+        guard: ChannelGuard,
+        callbacks: Optional[CallbackThread] = None,
+    ) -> None:
         # Must be built on its loop: on Python 3.9 asyncio primitives bind at creation.
         self._loop = asyncio.get_running_loop()
         self._settings = settings
         self._guard = guard
+        self._secret = credentials.access_token
+        self._callbacks = callbacks if callbacks is not None else CallbackThread()
         self._transport = Transport(
             credentials,
-            request_timeout=settings.request_timeout,
+            connect_timeout=settings.request_timeout,
             max_connections=settings.max_concurrency,
         )
         self._slots = asyncio.Semaphore(settings.max_concurrency)
@@ -64,8 +98,10 @@ class Engine:
         self._seen_events: OrderedDict[str, Key] = OrderedDict()
         self._sequence = itertools.count()
         self._rng = random.Random(settings.jitter_seed)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._jobs: dict[asyncio.Task[None], tuple[Chat, Job]] = {}
         self._closed = False
+        self._close_by: Optional[float] = None
+        self._overflowing = False
         self.counters = Counters()
         self._shutdown_hook = self._close_with_loop()
         _start_async_generator(self._shutdown_hook)
@@ -99,35 +135,44 @@ class Engine:
     async def request(self, path: str, payload: bytes) -> ApiResponse:
         """One POST to another endpoint of LINE (the loading animation), as marks are sent.
 
-        Same session, auth, timeouts and concurrency slots as the marks; the
-        caller applies the guard.  Raises ``TransportError`` without an answer.
+        Same session, auth, hardening and concurrency slots as the marks, one
+        ``request_timeout`` per attempt; the caller applies the guard.  Raises
+        ``TransportError`` without an answer.
         """
         if self._closed:
             raise TransportError("the handler/marker is closed")
         async with self._slots:
-            return await self._transport.post_json(path, payload)
+            timeout = self._settings.request_timeout
+            return await self._transport.post_json(path, payload, timeout=timeout)
 
     def tracked_chats(self) -> int:
         """How many chats' state is held in memory (bounded by ``max_tracked_chats``)."""
         return len(self._chats)
 
+    def live_marks(self) -> int:
+        """Marks in progress (one task each): at most ``max_tracked_chats`` plus those in flight."""
+        return len(self._jobs)
+
     # -- submitting -------------------------------------------------------
 
     def submit(
-        self, targets: Sequence[Optional[ReadTarget]], *, deadline: Optional[float] = None
+        self, targets: Sequence[Optional[ReadTarget]], *, timeout: Optional[float] = None
     ) -> Ticket:
         """Start marking *targets* (one webhook body, in order); ``None`` is "nothing to mark".
 
-        All requests start before this returns control to the loop.  Each
-        waiter of the returned ticket settles with the event's ``Outcome``: at
-        the latest ``TIMED_OUT`` at *deadline* (loop time; default now plus
-        ``wait_timeout``), one timer for the whole body.
+        All marks are started (or queued for a connection) before this returns
+        control to the loop.  Each waiter of the returned ticket settles with
+        the event's ``Outcome``: ``TIMED_OUT`` at the latest after *timeout*
+        seconds (default ``wait_timeout``; the sync hand-over passes what is
+        left of it), one timer on this loop's clock for the whole body.  On a
+        closed engine every mark fails at once (counted); this never raises.
         """
-        if self._closed:
-            raise RuntimeError("line_markread: this handler/marker is closed")
         counters = self.counters
-        if deadline is None:
-            deadline = self._loop.time() + self._settings.wait_timeout
+        if self._closed:
+            return self._failed_ticket(targets)
+        if timeout is None:
+            timeout = self._settings.wait_timeout
+        deadline = self._loop.time() + max(0.0, timeout)
         waiters: list[Optional[Waiter]] = []
         newest: dict[ChatId, tuple[Key, ReadTarget, Chat]] = {}
         for target in targets:
@@ -158,6 +203,11 @@ class Engine:
                 waiter.body = body
             body.timer = self._loop.call_at(deadline, expire_all, pending)
         return Ticket(tuple(waiters))
+
+    def _failed_ticket(self, targets: Sequence[Optional[ReadTarget]]) -> Ticket:
+        ticket, failed = failed_ticket(targets, self._loop)
+        self.counters.failed += failed
+        return ticket
 
     def _key_of(self, target: ReadTarget, chat: Chat) -> tuple[Key, bool]:
         """The message's order key, and whether it may need a request.
@@ -209,8 +259,7 @@ class Engine:
         if chat.covers(key):
             waiter.release(Outcome.MARKED)
             return waiter
-        if any(job.sent and job.key >= key for job in chat.jobs):
-            waiter.mark_sent()
+        chat.prune()
         chat.waiters.append(waiter)
         return waiter
 
@@ -218,6 +267,9 @@ class Engine:
         if chat.covers(key):
             self.counters.already_read += 1
             return
+        # With coalescing a chat's new mark replaces its queued one (net zero), so only
+        # a chat without one can overflow; without coalescing every mark counts.
+        replaces = self._settings.coalesce and bool(chat.jobs)
         if self._settings.coalesce:
             if any(job.key >= key for job in chat.jobs):
                 # An older body's newer message (a redelivery, say) is already being marked.
@@ -226,10 +278,29 @@ class Engine:
             for job in list(chat.jobs):
                 self._supersede(chat, job)
         job = Job(target, key)
+        if not replaces and len(self._jobs) >= self._settings.max_tracked_chats:
+            self._overflow(chat, job)
+            return
+        self._overflowing = False
         chat.jobs.append(job)
-        job.task = self._loop.create_task(self._run(chat, job))
-        self._tasks.add(job.task)
-        job.task.add_done_callback(self._tasks.discard)
+        job.task = task = self._loop.create_task(self._run(chat, job))
+        self._jobs[task] = (chat, job)
+        task.add_done_callback(self._forget_job)
+
+    def _forget_job(self, task: asyncio.Task[None]) -> None:
+        self._jobs.pop(task, None)
+
+    def _overflow(self, chat: Chat, job: Job) -> None:
+        """Too many chats have a mark in progress (an outage): this one fails now, counted."""
+        self.counters.overflowed += 1
+        if not self._overflowing:
+            self._overflowing = True
+            log.warning(
+                "line_markread: %d chats already have a mark in progress (LINE slow or down?); "
+                "new chats' marks fail until some finish (stats().overflowed)",
+                len(self._jobs),
+            )
+        self._on_failed(chat, job, 0, None, GiveUp.OVERFLOW.value, quiet=True)
 
     def _supersede(self, chat: Chat, job: Job) -> None:
         if job.superseded:
@@ -243,122 +314,161 @@ class Engine:
         # its own clean-up.
         if not job.in_flight and job.task is not None:
             job.task.cancel()
+            job.settled = True
             chat.jobs.remove(job)
 
     # -- running one mark -------------------------------------------------
 
     async def _run(self, chat: Chat, job: Job) -> None:
-        give_up_at = self._loop.time() + self._settings.retry_deadline
-        attempt = refund = 0
-        response: Optional[ApiResponse] = None
-        error = ""
+        """One mark, start to end.  Nothing raised in here escapes it, whatever its type."""
+        attempt = 0
         try:
-            while True:
-                refusal = await self._clearance(chat, job, give_up_at, first=attempt == 0)
-                if refusal is not None:
-                    latched = refusal is _LATCHED
-                    self.counters.latched += latched and attempt == 0
-                    quiet = latched and attempt == 0
-                    self._on_failed(chat, job, attempt, response, error or refusal, quiet=quiet)
-                    return
-                attempt += 1
-                response, error, timed_out = await self._attempt(chat, job, attempt)
-                verdict = classify(response)
-                if verdict is Verdict.DONE:
-                    self._guard.record_success(refund)
-                    self._on_marked(chat, job)
-                    return
-                self._heed(job, response)
-                if job.superseded:
-                    if chat.covers(job.key) or any(o.key > job.key for o in chat.jobs):
-                        return
-                    # The mark that took over failed for good: this older one may
-                    # still succeed, and its waiters count on it.
-                    job.superseded = False
-                delay = None
-                if verdict is Verdict.RETRY:
-                    delay, refund = self._retry_delay(attempt, response, timed_out, give_up_at)
-                    error = error or ("retry budget exhausted" if refund == 0 else "")
-                if delay is None:
-                    self._on_failed(chat, job, attempt, response, error)
-                    return
-                _trace(
-                    "retry",
-                    job,
-                    attempt=attempt,
-                    status=response.status if response else None,
-                    delay=delay,
-                    reason=error or (response.message if response else None),
-                )
-                await asyncio.sleep(delay)
+            attempt = await self._attempts(chat, job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the whole point: no exception escapes a mark
+            reason = f"unexpected {type(e).__name__}: {server_text(str(e), self._secret)}"
+            log.error(
+                "line_markread: mark-as-read for %s failed for good on an unexpected %s",
+                job.target.chat,
+                type(e).__name__,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+            if not job.settled:
+                self._on_failed(chat, job, attempt, None, reason, quiet=True)
         finally:
             if job in chat.jobs:
                 chat.jobs.remove(job)
 
-    async def _clearance(
-        self, chat: Chat, job: Job, give_up_at: float, *, first: bool
-    ) -> Optional[str]:
+    async def _attempts(self, chat: Chat, job: Job) -> int:
+        settings = self._settings
+        give_up_at = self._loop.time() + settings.retry_deadline
+        attempt = refund = 0
+        response: Optional[ApiResponse] = None
+        error = ""
+        while True:
+            refusal = await self._clearance(job, give_up_at, first=attempt == 0)
+            if refusal is None:
+                attempt += 1
+                answer = await self._attempt(job, attempt, give_up_at)
+            else:
+                answer = refusal
+            if isinstance(answer, GiveUp):
+                latched = answer is GiveUp.LATCHED and attempt == 0
+                self.counters.latched += latched
+                self._on_failed(chat, job, attempt, response, error or answer.value, quiet=latched)
+                return attempt
+            response, error, timed_out = answer
+            verdict = classify(response)
+            if verdict is Verdict.DONE:
+                self._guard.record_success(refund)
+                self._on_marked(chat, job)
+                return attempt
+            response = self._heed(job, response)
+            if job.superseded:
+                if chat.covers(job.key) or any(o.key > job.key for o in chat.jobs):
+                    job.settled = True
+                    return attempt
+                # The mark that took over failed for good: this older one may
+                # still succeed, and its waiters count on it.
+                job.superseded = False
+            delay: Union[float, GiveUp] = GiveUp.FINAL
+            if verdict is Verdict.RETRY:
+                delay, refund = self._retry_delay(attempt, response, timed_out, give_up_at)
+            if isinstance(delay, GiveUp):
+                self._on_failed(chat, job, attempt, response, error or delay.value)
+                return attempt
+            _trace(
+                "retry",
+                job,
+                attempt=attempt,
+                status=response.status if response else None,
+                delay=delay,
+                reason=error or (response.message if response else None),
+            )
+            await asyncio.sleep(delay)
+
+    def _time_to_close(self) -> Optional[float]:
+        """Seconds left of the close grace; ``None`` when not closing."""
+        return None if self._close_by is None else self._close_by - self._loop.time()
+
+    async def _clearance(self, job: Job, give_up_at: float, *, first: bool) -> Optional[GiveUp]:
         """Wait out the channel's 429 pause; a reason not to send at all, or ``None`` to go."""
         while True:
+            closing = self._time_to_close()
+            if closing is not None and closing <= 0:
+                return GiveUp.CLOSING
             if self._guard.latched(job.target.endpoint):
-                return _LATCHED
+                return GiveUp.LATCHED
             if not first and self._loop.time() > give_up_at:  # a backoff sleep may end late
-                return "retry deadline passed"
+                return GiveUp.DEADLINE
             pause = self._guard.pause_left()
             if pause <= 0:
                 return None
             if self._loop.time() + pause > give_up_at:
-                return "rate limited (429) beyond the retry deadline"
-            # Deferred by the pause: counts as sent, so wait_timeout may release the handler.
-            self._note_sent(chat, job.key)
+                return GiveUp.RATE_LIMITED
+            if closing is not None and pause >= closing:
+                return GiveUp.CLOSING
             await asyncio.sleep(0.0 if is_testing() else pause)
 
     async def _attempt(
-        self, chat: Chat, job: Job, attempt: int
-    ) -> tuple[Optional[ApiResponse], str, bool]:
-        """One request: (LINE's answer or ``None``, what went wrong, whether it timed out)."""
+        self, job: Job, attempt: int, give_up_at: float
+    ) -> Union[GiveUp, tuple[Optional[ApiResponse], str, bool]]:
+        """One request: (LINE's answer or ``None``, what went wrong, whether it timed out).
+
+        ``GiveUp.CLOSING`` instead if closing began while it waited for a
+        connection slot and no time is left.
+        """
         async with self._slots:
-            job.in_flight = job.sent = True
-            self._note_sent(chat, job.key)
-            _trace("sent", job, attempt=attempt)
+            timeout = attempt_timeout(attempt, self._settings, give_up_at - self._loop.time())
+            closing = self._time_to_close()
+            if closing is not None:
+                if closing <= 0:
+                    return GiveUp.CLOSING
+                timeout = min(timeout, closing)
+            job.in_flight = True
+            _trace("sent", job, attempt=attempt, timeout=round(timeout, 3))
             self.counters.requests += 1
             self.counters.retried += attempt > 1
             try:
-                return await self._transport.post(job.target), "", False
+                return await self._transport.post(job.target, timeout=timeout), "", False
             except TransportError as e:
                 return None, str(e), e.timeout
             finally:
                 job.in_flight = False
 
-    def _heed(self, job: Job, response: Optional[ApiResponse]) -> None:
-        """Let the whole channel learn from a 401, 403 or 429."""
+    def _heed(self, job: Job, response: Optional[ApiResponse]) -> Optional[ApiResponse]:
+        """Let the whole channel learn from a 401, 403 or 429; the answer with its pause capped."""
         if response is None:
-            return
+            return None
         if response.status in (401, 403):
             self._guard.latch(job.target.endpoint, response.status)
         elif response.status == 429:
+            cap = self._settings.max_rate_limit_pause
+            if response.retry_after is not None and response.retry_after > cap:
+                response = attrs.evolve(response, retry_after=cap)
             self._guard.rate_limited(response.retry_after)
+        return response
 
     def _retry_delay(
         self, attempt: int, response: Optional[ApiResponse], timed_out: bool, give_up_at: float
-    ) -> tuple[Optional[float], int]:
-        """(seconds before the next attempt or ``None`` to give up, budget tokens it cost)."""
+    ) -> tuple[Union[float, GiveUp], int]:
+        """(seconds before the next attempt, or why not; budget tokens it cost)."""
         time_left = give_up_at - self._loop.time()
         delay = next_delay(attempt, response, self._settings, self._rng, time_left)
         if delay is None:
-            return None, -1
+            return GiveUp.FINAL, 0
+        closing = self._time_to_close()
+        if closing is not None and delay >= closing:
+            return GiveUp.CLOSING, 0
         cost = self._guard.spend_retry(after_timeout=timed_out)
         if not cost:
             self.counters.budget_exhausted += 1
-            return None, 0
+            return GiveUp.BUDGET, 0
         return delay, cost
 
-    def _note_sent(self, chat: Chat, key: Key) -> None:
-        for waiter in chat.waiters:
-            if waiter.key <= key:
-                waiter.mark_sent()
-
     def _on_marked(self, chat: Chat, job: Job) -> None:
+        job.settled = True
         self.counters.marked += 1
         _trace("marked", job)
         if chat.marked is None or job.key > chat.marked:
@@ -367,7 +477,7 @@ class Engine:
         for waiter in chat.waiters:
             if waiter.key <= job.key:
                 waiter.release(Outcome.MARKED)
-            else:
+            elif not waiter.done.done():
                 still_waiting.append(waiter)
         chat.waiters = still_waiting
         for other in list(chat.jobs):
@@ -384,6 +494,7 @@ class Engine:
         *,
         quiet: bool = False,
     ) -> None:
+        job.settled = True
         self.counters.failed += 1
         failure = MarkFailure(
             chat=job.target.chat,
@@ -414,50 +525,63 @@ class Engine:
         others = [other for other in chat.jobs if other is not job]
         still_waiting = []
         for waiter in chat.waiters:
+            if waiter.done.done():
+                continue
             if waiter.key > job.key or any(other.key >= waiter.key for other in others):
                 still_waiting.append(waiter)
             else:
                 waiter.release(Outcome.FAILED)
         chat.waiters = still_waiting
-        if self._settings.on_failure is not None:
-            try:
-                self._settings.on_failure(failure)
-            except Exception:
-                log.exception("line_markread: the on_failure callback raised")
+        on_failure = self._settings.on_failure
+        if on_failure is not None and not self._callbacks.call(on_failure, failure):
+            self.counters.callbacks_dropped += 1
 
     # -- waiting ----------------------------------------------------------
 
     async def idle(self) -> None:
         """Return once no mark is in progress (marks started meanwhile are waited for too)."""
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
+        while self._jobs:
+            await asyncio.wait(set(self._jobs))
 
     # -- closing ----------------------------------------------------------
 
     async def aclose(self, grace: Union[float, None] = None) -> None:
-        """Let pending marks finish for up to *grace* seconds, cancel the rest, close HTTP."""
+        """Let pending marks finish for up to *grace* seconds, cancel the rest, close HTTP.
+
+        No attempt starts once closing began unless it can end within the
+        grace (its timeout is cut to what is left), and none after it; the
+        whole close takes at most *grace* plus ``_CLOSE_SETTLE`` twice.
+        """
         if self._closed:
             return
         self._closed = True
-        grace = self._settings.close_grace if grace is None else grace
-        pending = set(self._tasks)
+        grace = self._settings.close_grace if grace is None else max(0.0, grace)
+        self._close_by = self._loop.time() + grace
+        pending = set(self._jobs)
         if pending and grace > 0:
             _, pending = await asyncio.wait(pending, timeout=grace)
-        for task in pending:
-            task.cancel()
         if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-            self.counters.failed += len(pending)
-            log.warning(
-                "line_markread: %d pending mark(s) cancelled at close after %.1fs",
-                len(pending),
-                grace,
-            )
+            cancelled = [self._jobs[t] for t in pending if t in self._jobs]
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=_CLOSE_SETTLE)
+            unsettled = [(chat, job) for chat, job in cancelled if not job.settled]
+            for chat, job in unsettled:
+                self._on_failed(chat, job, 0, None, "cancelled at close", quiet=True)
+            if unsettled:
+                log.warning(
+                    "line_markread: %d pending mark(s) cancelled at close after %.1fs",
+                    len(unsettled),
+                    grace,
+                )
         for chat in self._chats.values():
             for waiter in chat.waiters:
                 waiter.release(Outcome.FAILED)
             chat.waiters.clear()
-        await self._transport.aclose()
+        try:
+            await asyncio.wait_for(self._transport.aclose(), _CLOSE_SETTLE)
+        except asyncio.TimeoutError:
+            log.debug("line_markread: the HTTP session did not close within %.1fs", _CLOSE_SETTLE)
 
     # -- settling (serverless mode) ---------------------------------------
 

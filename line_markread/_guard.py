@@ -65,10 +65,6 @@ class ChannelGuard:
         with self._lock:
             self._tokens = min(self._capacity, self._tokens + (refund or SUCCESS_REFILL))
 
-    @property
-    def retry_tokens(self) -> int:
-        return self._tokens
-
     # -- 401 / 403 latch --------------------------------------------------
 
     def latch(self, endpoint: Endpoint, status: int) -> None:

@@ -225,6 +225,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         ``settle_before_return=True`` it returns only once the body's marks have
         settled (or ``settle_timeout`` has passed).
         """
+        self._markread_marker._check_open()  # the only RuntimeError for a closed handler
         started = time.monotonic()  # the background loop's clock
         plan = self._plan(body, signature)
         for step in plan.steps:
@@ -249,6 +250,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
 
     async def handle_async(self, body: Union[str, bytes], signature: str) -> None:
         """``handle()`` for async frameworks: marks on the running loop; handlers may be async."""
+        self._markread_marker._check_open()  # the only RuntimeError for a closed handler
         started = asyncio.get_running_loop().time()
         plan = self._plan(body, signature)
         marker = self._markread_marker

@@ -5,6 +5,11 @@ async client for these tiny calls, and gives us explicit per-attempt
 timeouts (the SDK's clients default to none, or 300 s).  The access token
 lives only in the session's default headers: it is never logged, never in a
 repr and never in an exception we raise.
+
+Whatever the server sends is bounded here: redirects are never followed (a
+3xx is an answer, and a final one), at most ``RESPONSE_LIMIT`` bytes of any
+body are read, ``Retry-After`` is parsed strictly, and error text is
+sanitised (``_sanitize.server_text``) before anything else sees it.
 """
 
 from __future__ import annotations
@@ -12,16 +17,22 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import socket
 import time
 from typing import Optional
 
 import aiohttp
 import attrs
 
+from ._sanitize import server_text
 from ._targets import ReadTarget
 from ._version import __version__
 
-_ERROR_BODY_LIMIT = 2048
+RESPONSE_LIMIT = 64 * 1024
+"""Bytes of any API response read at most: a 300 MB answer costs no more than a small one."""
+
+_RETRY_AFTER_DIGITS = 9
+"""Longer delta-seconds (over 31 years) are read as "very long": the channel pause cap applies."""
 
 
 @attrs.frozen
@@ -68,29 +79,57 @@ class Credentials:
                 raise ValueError("configuration has no access_token")
         elif not isinstance(access_token, str) or not access_token:
             raise ValueError("access_token must be a non-empty string")
-        return cls(host=host.rstrip("/"), access_token=access_token)
+        return cls(host=host.rstrip("/"), access_token=_clean_token(access_token))
+
+
+def _clean_token(token: str) -> str:
+    """The token without surrounding whitespace (a file or secret mount often ends in a newline).
+
+    What is left must be printable ASCII without spaces, as an HTTP header
+    value demands; anything else is refused here, at construction, instead
+    of failing on every message.  The message never quotes the token.
+    """
+    stripped = token.strip()
+    if not stripped:
+        raise ValueError("access_token is empty once surrounding whitespace is removed")
+    if not (stripped.isascii() and stripped.isprintable()) or any(c.isspace() for c in stripped):
+        raise ValueError(
+            "access_token contains spaces, control or non-ASCII characters inside it; "
+            "a LINE channel access token has none (was it pasted with quotes or line breaks?)"
+        )
+    return stripped
 
 
 def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), or None."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), or None.
+
+    Garbage (``"²"``, ``"soon"``, ``"-1"``, a date that is not a date) reads as
+    absent; an absurdly long number reads as infinity, which the channel's
+    pause cap (``max_rate_limit_pause``) then bounds.
+    """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():  # "²".isdigit() is true, float("²") fails
+        return float(value) if len(value) <= _RETRY_AFTER_DIGITS else float("inf")
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    if when is None:  # pragma: no cover - older Pythons returned None for garbage
+        return None
+    try:
+        return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    except (OverflowError, OSError, ValueError):  # naive or out-of-range dates
+        return None
 
 
 class Transport:
     """Sends mark-as-read requests for one event loop."""
 
-    def __init__(self, credentials: Credentials, *, request_timeout: float, max_connections: int):
+    def __init__(self, credentials: Credentials, *, connect_timeout: float, max_connections: int):
         self._credentials = credentials
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._connect_timeout = connect_timeout
         self._max_connections = max_connections
         self._session: Optional[aiohttp.ClientSession] = None
 
@@ -107,46 +146,48 @@ class Transport:
                     "Content-Type": "application/json",
                     "User-Agent": f"line-markread/{__version__}",
                 },
-                timeout=self._timeout,
             )
         return self._session
 
-    async def post(self, target: ReadTarget) -> ApiResponse:
-        """One mark-as-read attempt.  Raises ``TransportError`` when there is no HTTP answer."""
-        return await self.post_json(target.endpoint.value, target.payload())
+    async def post(self, target: ReadTarget, *, timeout: float) -> ApiResponse:
+        """One mark-as-read attempt of at most *timeout* seconds (see ``post_json``)."""
+        return await self.post_json(target.endpoint.value, target.payload(), timeout=timeout)
 
-    async def post_json(self, path: str, payload: bytes) -> ApiResponse:
-        """POST a JSON *payload* to *path* on LINE's host, once, with this session's auth.
+    async def post_json(self, path: str, payload: bytes, *, timeout: float) -> ApiResponse:
+        """POST a JSON *payload* to *path* on LINE's host: one attempt of at most *timeout* s.
 
         The one place a request is made, so every endpoint (mark-as-read, the
-        loading animation) gets the same timeouts and hardening.  Any 2xx is
-        a success (the loading animation answers ``202``).  Raises
-        ``TransportError`` when there is no HTTP answer.
+        loading animation, which answers ``202``) gets the same hardening.
+        Connecting may take at most the connect timeout of the whole
+        transport (a host that does not answer SYNs is not going to), the rest
+        of *timeout* is for LINE's answer.  Raises ``TransportError`` when
+        there is no HTTP answer; a redirect is returned as the answer it is.
         """
         url = self._credentials.host + path
+        limits = aiohttp.ClientTimeout(
+            total=timeout, sock_connect=min(timeout, self._connect_timeout)
+        )
         try:
-            async with self._get_session().post(url, data=payload) as response:
+            async with self._get_session().post(
+                url, data=payload, timeout=limits, allow_redirects=False
+            ) as response:
+                body, complete = await _read_capped(response.content)
+                if not complete:
+                    response.close()  # the rest is never read: the connection cannot be reused
                 if response.status == 200:
-                    await response.read()  # so the connection goes back to the pool
                     return _OK
-                if 200 <= response.status < 300:
-                    await response.read()
-                    return ApiResponse(
-                        status=response.status,
-                        request_id=response.headers.get("x-line-request-id"),
-                    )
-                body = await response.content.read(_ERROR_BODY_LIMIT)
                 return ApiResponse(
                     status=response.status,
-                    request_id=response.headers.get("x-line-request-id"),
+                    request_id=_header(response, "x-line-request-id"),
                     retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                    message=_error_message(body),
+                    message=_error_message(body, self._credentials.access_token),
                 )
         except asyncio.TimeoutError:
             raise TransportError("timed out", timeout=True) from None
-        except aiohttp.ClientError as e:
-            # str(e) of aiohttp's errors names the host and the cause, never headers.
-            raise TransportError(f"{type(e).__name__}: {e}") from None
+        except (aiohttp.ClientError, OSError, socket.gaierror) as e:
+            # Sanitised: an exception's text may quote what the server sent.
+            reason = server_text(f"{type(e).__name__}: {e}", self._credentials.access_token)
+            raise TransportError(reason) from None
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -154,13 +195,39 @@ class Transport:
             await session.close()
 
 
-def _error_message(body: bytes) -> Optional[str]:
-    """LINE's ``message`` field from an error body, tolerating anything else."""
+async def _read_capped(stream: aiohttp.StreamReader) -> tuple[bytes, bool]:
+    """At most ``RESPONSE_LIMIT`` bytes of a body, and whether that was all of it."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < RESPONSE_LIMIT:
+        chunk = await stream.read(RESPONSE_LIMIT - size)
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks), stream.at_eof()
+
+
+def _header(response: aiohttp.ClientResponse, name: str) -> Optional[str]:
+    value = response.headers.get(name)
+    return None if value is None else server_text(value, limit=64)
+
+
+def _error_message(body: bytes, secret: Optional[str] = None) -> Optional[str]:
+    """LINE's ``message`` field from an error body, tolerating anything else, sanitised.
+
+    Any body: not JSON, JSON nested 2,000 deep (``RecursionError``), a JSON
+    string that is not a mapping.  The result never holds control
+    characters, the access token or more than ``TEXT_LIMIT`` characters.
+    """
+    text = body.decode("utf-8", "replace")
     try:
-        document = json.loads(body)
-    except ValueError:
-        text = body.decode("utf-8", "replace").strip()
-        return text[:200] or None
-    if isinstance(document, dict) and isinstance(document.get("message"), str):
-        return str(document["message"])[:200]
-    return None
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        document = None
+        message = text.strip()
+    else:
+        if not isinstance(document, dict) or not isinstance(document.get("message"), str):
+            return None
+        message = document["message"]
+    return server_text(message, secret) or None

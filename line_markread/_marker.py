@@ -22,12 +22,13 @@ from typing import Any, Optional, Union
 
 import attrs
 
-from ._chat import Ticket
+from ._callbacks import CallbackThread
+from ._chat import Ticket, failed_ticket
 from ._engine import Engine
 from ._guard import ChannelGuard
 from ._http import Credentials
 from ._loading import Loader
-from ._loop_thread import LoopThread
+from ._loop_thread import LoopThread, abandon
 from ._outcome import Outcome
 from ._settings import Settings
 from ._stats import Counters, Stats
@@ -35,32 +36,53 @@ from ._targets import ReadTarget, Skip, raw_event, read_target
 
 log = logging.getLogger(__name__)
 
+LOOP_STALL_SLACK = 1.0
+"""Seconds past ``wait_timeout`` a sync caller waits for the background loop's answer.
+
+The body's deadline is the engine's alone (on its loop's clock); this is
+only the guard against a loop that died or stalls, so that ``handle()``
+stays bounded even then."""
+
 
 @attrs.frozen
 class BlockingTicket:
     """A body handed to the background loop: one future per event (``None``: nothing to mark)."""
 
     futures: tuple[Optional[concurrent.futures.Future[Outcome]], ...]
+    handed_at: float = 0.0
+    """``time.monotonic()`` at the hand-over: the stall guard counts from it."""
 
 
 def _submit_for(
     engine: Engine,
     targets: Sequence[Optional[ReadTarget]],
     futures: tuple[Optional[concurrent.futures.Future[Outcome]], ...],
-    deadline: float,
+    handed_at: float,
+    wait_timeout: float,
 ) -> None:
-    """On the loop thread: start the marks and pass each outcome on to the waiting thread."""
+    """On the loop thread: start the marks and pass each outcome on to the waiting thread.
+
+    The engine gets the time *left* of ``wait_timeout`` (the hand-over took
+    some of it) and sets the body's deadline on its own clock.
+    """
     try:
-        ticket = engine.submit(targets, deadline=deadline)
-    except RuntimeError as e:  # closed between hand-over and now
-        log.warning("line_markread: a webhook body arrived while closing; not marked")
-        for future in futures:
-            if future is not None:
-                future.set_exception(e)
+        time_left = wait_timeout - (time.monotonic() - handed_at)
+        ticket = engine.submit(targets, timeout=time_left)
+    except Exception:  # a bug: still, no waiting thread may hang on it
+        log.exception("line_markread: could not start the marks of a webhook body")
+        _resolve_all(futures, Outcome.FAILED)
         return
     for waiter, future in zip(ticket.waiters, futures):
         if waiter is not None and future is not None:
             _chain(waiter.done, future)
+
+
+def _resolve_all(
+    futures: Iterable[Optional[concurrent.futures.Future[Outcome]]], outcome: Outcome
+) -> None:
+    for future in futures:
+        if future is not None and not future.done():
+            future.set_result(outcome)
 
 
 def _chain(source: asyncio.Future[Outcome], target: concurrent.futures.Future[Outcome]) -> None:
@@ -109,6 +131,7 @@ class Marker:
         self._pid = os.getpid()
         self._closed = False
         self._thread = LoopThread()
+        self._callbacks = CallbackThread()
         # The loading animation (handlers' ``loading=``), counted with the marks.
         self._loader = Loader(self._settings)
         # A bot that never closes (the SDK's examples close nothing) still
@@ -153,7 +176,9 @@ class Marker:
         Events of one chat share one request (the newest message marks the
         earlier ones).  With ``wait=True`` this returns when every mark is
         done or ``wait_timeout`` has passed; it never raises for a failed mark.
+        Raises ``RuntimeError`` if the marker is closed.
         """
+        self._check_open()
         targets: list[Optional[ReadTarget]] = []
         skipped = 0
         for event in events:
@@ -170,6 +195,7 @@ class Marker:
 
     def mark(self, events: Iterable[Any], *, wait: bool = True) -> list[Outcome]:
         """Blocking twin of ``amark`` for synchronous code (it runs on a background loop)."""
+        self._check_open()
         events = list(events)
         return self._thread.run(self.amark(events, wait=wait))
 
@@ -178,12 +204,25 @@ class Marker:
     async def _asubmit(
         self, targets: Sequence[Optional[ReadTarget]], *, skipped: int = 0, opted_out: int = 0
     ) -> Ticket:
-        """Start marking *targets* on the running loop (``None``: nothing to mark)."""
+        """Start marking *targets* on the running loop (``None``: nothing to mark).
+
+        Never raises for a closed marker: the caller checked that it was open
+        when it began (``_check_open``), so a close that came since only makes
+        its marks fail (counted), and its handlers still run.
+        """
         self._count(skipped=skipped, opted_out=opted_out)
         if not any(targets):
-            self._check_open()
             return Ticket((None,) * len(targets))
-        return self._engine().submit(targets)
+        try:
+            engine = self._engine()
+        except RuntimeError:  # closed since the caller's check
+            return self._failed_ticket(targets)
+        return engine.submit(targets)
+
+    def _failed_ticket(self, targets: Sequence[Optional[ReadTarget]]) -> Ticket:
+        ticket, failed = failed_ticket(targets, asyncio.get_running_loop())
+        self._count(failed=failed)
+        return ticket
 
     async def _await_event(self, ticket: Ticket, index: int) -> Outcome:
         """Wait for the mark of event *index* (at most until the body's ``wait_timeout``)."""
@@ -198,27 +237,36 @@ class Marker:
         """``_asubmit`` for threads: hands the body to the background loop without waiting.
 
         One wake-up of the loop thread to start the marks and one of the
-        caller per event it waits for: the least a thread hop allows.
+        caller per event it waits for: the least a thread hop allows.  Like
+        ``_asubmit``, never raises for a marker closed since the caller's check.
         """
         self._count(skipped=skipped, opted_out=opted_out)
-        self._check_open()
         if not any(targets):
             return BlockingTicket((None,) * len(targets))
         if self._thread.is_running_here():
             raise RuntimeError("line_markread: handle() called on the plugin's own loop thread")
+        handed_at = time.monotonic()
         futures: tuple[Optional[concurrent.futures.Future[Outcome]], ...] = tuple(
             None if t is None else concurrent.futures.Future() for t in targets
         )
-        # The background loop is asyncio's default loop, whose clock is time.monotonic().
-        deadline = time.monotonic() + self._settings.wait_timeout
-        engine = self._background_engine()
-        # The caller's context goes along, so the marks' tasks see its contextvars
-        # (a tracing span: a mark's HTTP span joins the webhook's trace).  Said
-        # explicitly: asyncio's handles copy it too, a different hand-over might not.
-        engine.loop.call_soon_threadsafe(
-            _submit_for, engine, targets, futures, deadline, context=contextvars.copy_context()
-        )
-        return BlockingTicket(futures)
+        try:
+            engine = self._background_engine()
+            # The caller's context goes along, so the marks' tasks see its contextvars
+            # (a tracing span: a mark's HTTP span joins the webhook's trace).  Said
+            # explicitly: asyncio's handles copy it too, a different hand-over might not.
+            engine.loop.call_soon_threadsafe(
+                _submit_for,
+                engine,
+                targets,
+                futures,
+                handed_at,
+                self._settings.wait_timeout,
+                context=contextvars.copy_context(),
+            )
+        except RuntimeError:  # closed since the caller's check (or its loop stopped)
+            self._count(failed=len(targets) - futures.count(None))
+            _resolve_all(futures, Outcome.FAILED)
+        return BlockingTicket(futures, handed_at)
 
     def _background_engine(self) -> Engine:
         """The loop thread's engine, made there on first use (one round trip, once).
@@ -226,6 +274,7 @@ class Marker:
         Holding it here means a body handed over just before ``close()`` is
         still submitted: ``close()`` queues the engine's drain behind it.
         """
+        self._check_open()
         loop = self._thread.loop()
         with self._lock:
             engine = self._engines.get(loop)
@@ -241,27 +290,34 @@ class Marker:
         future = ticket.futures[index]
         if future is None:
             return Outcome.SKIPPED
-        # The loop settles every waiter by the deadline (or once its request is
-        # out); the extra bound only guards against a loop that died.
-        s = self._settings
+        # The loop settles every waiter by the body's deadline; this bound only
+        # guards against a loop that died or stalls.
+        stall_guard = ticket.handed_at + self._settings.wait_timeout + LOOP_STALL_SLACK
         try:
-            outcome = future.result(timeout=s.wait_timeout + s.retry_deadline + s.request_timeout)
+            outcome = future.result(timeout=max(0.0, stall_guard - time.monotonic()))
         except concurrent.futures.TimeoutError:
             log.warning("line_markread: no outcome from the background loop; handler released")
             outcome = Outcome.TIMED_OUT
+        except Exception:  # cancelled, or a bug: the handler runs all the same
+            log.exception("line_markread: no outcome for a mark; handler released")
+            outcome = Outcome.FAILED
         if outcome is Outcome.TIMED_OUT:
             self._count(timed_out=1)
         return outcome
 
-    def _count(self, *, skipped: int = 0, opted_out: int = 0, timed_out: int = 0) -> None:
+    def _count(
+        self, *, skipped: int = 0, opted_out: int = 0, timed_out: int = 0, failed: int = 0
+    ) -> None:
         """Counts made in the caller's thread (engines count on their own loop)."""
-        if skipped or opted_out or timed_out:
+        if skipped or opted_out or timed_out or failed:
             with self._lock:
                 self._caller_counts.skipped += skipped
                 self._caller_counts.opted_out += opted_out
                 self._caller_counts.timed_out += timed_out
+                self._caller_counts.failed += failed
 
     def _check_open(self) -> None:
+        """The one place a closed marker raises: at the start of a call, before anything else."""
         if self._closed:
             raise RuntimeError("line_markread: this handler/marker is closed")
 
@@ -273,7 +329,10 @@ class Marker:
             if self._closed:
                 raise RuntimeError("line_markread: this handler/marker is closed")
             if self._pid != os.getpid():
-                # A forked child inherits the parent's engines but none of their loops.
+                # A forked child inherits the parent's engines but none of their
+                # loops: they are the parent's to close, so the child keeps them
+                # untouched (closing or collecting them would act on shared fds).
+                abandon(*self._engines.values())
                 self._engines.clear()
                 self._pid = os.getpid()
             engine = self._engines.get(loop)
@@ -281,7 +340,7 @@ class Marker:
                 for old_loop in [lp for lp in self._engines if lp.is_closed()]:
                     del self._engines[old_loop]
                 engine = self._engines[loop] = Engine(
-                    self._settings, self._credentials, self._guard
+                    self._settings, self._credentials, self._guard, self._callbacks
                 )
                 self._counters.append(engine.counters)
             return engine
@@ -289,8 +348,9 @@ class Marker:
     async def aflush(self) -> None:
         """Wait until every mark started so far on this loop and the background loop is over.
 
-        Over means marked, failed for good or superseded: retries included.  For
-        tests that look at what LINE received, and for orderly hand-overs.
+        Over means marked, failed for good or superseded: retries included, and
+        the ``on_failure`` calls of those failures made (for up to ``close_grace``).
+        For tests that look at what LINE received, and for orderly hand-overs.
         """
         engine = self._engines.get(asyncio.get_running_loop())
         if engine is not None:
@@ -300,14 +360,15 @@ class Marker:
             if background is not None:
                 future = asyncio.run_coroutine_threadsafe(background.idle(), background.loop)
                 await asyncio.wrap_future(future)
+        await asyncio.to_thread(self._callbacks.drain, self._settings.close_grace)
 
     def flush(self) -> None:
         """Blocking twin of ``aflush`` for the marks of the sync API (the background loop)."""
-        if not self._thread.is_started():
-            return
-        background = self._engines.get(self._thread.loop())
-        if background is not None:
-            self._thread.run(background.idle())
+        if self._thread.is_started():
+            background = self._engines.get(self._thread.loop())
+            if background is not None:
+                self._thread.run(background.idle())
+        self._callbacks.drain(self._settings.close_grace)
 
     def tracked_chats(self) -> int:
         """Chats whose state is held, over all event loops (each up to ``max_tracked_chats``)."""
@@ -348,7 +409,8 @@ class Marker:
         for engine in self._detach():
             if engine.loop.is_running():
                 asyncio.run_coroutine_threadsafe(engine.aclose(grace), engine.loop).result()
-        self._thread.stop()
+        self._thread.stop(final=True)
+        self._callbacks.stop(timeout=0.5)
         self._finalizer.detach()
 
     def __enter__(self) -> Marker:
@@ -372,7 +434,8 @@ class Marker:
             elif engine.loop.is_running():
                 future = asyncio.run_coroutine_threadsafe(engine.aclose(grace), engine.loop)
                 await asyncio.wrap_future(future)
-        await asyncio.to_thread(self._thread.stop)
+        await asyncio.to_thread(self._thread.stop, final=True)
+        await asyncio.to_thread(self._callbacks.stop, 0.5)
         self._finalizer.detach()
 
     # -- serverless mode (settle_before_return) ---------------------------

@@ -22,7 +22,7 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     """The mark failed for good (final error, attempts or deadline exhausted, closed)."""
     TIMED_OUT = "timed out"
-    """``wait_timeout`` passed first; the request was sent and marking goes on."""
+    """``wait_timeout`` passed first; marking goes on in the background (sent or still queued)."""
     PENDING = "pending"
     """Not waited for (``"nowait"``, or ``wait=False``); marking goes on."""
     SKIPPED = "skipped"

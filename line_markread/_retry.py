@@ -99,3 +99,22 @@ def next_delay(
     if delay >= time_left:
         return None
     return delay
+
+
+TIMEOUT_GROWTH = 4
+"""Each retry may wait this many times longer for LINE than the attempt before it."""
+
+
+def attempt_timeout(attempt: int, settings: Settings, time_left: float) -> float:
+    """How long attempt *attempt* (1-based) may take, connecting and reading included.
+
+    ``request_timeout`` for the first, growing by ``TIMEOUT_GROWTH`` per retry
+    (1, 4, 16 s with the defaults): a slow but healthy LINE (every answer in
+    1.2 s, or 3 s) gets a mark through by the second request, and a hanging
+    one costs no more attempts than ``max_attempts`` and the retry budget
+    allow.  Never longer than *time_left* (to ``retry_deadline``), but never
+    shorter than ``request_timeout`` either: an attempt that may start may
+    also get its answer.
+    """
+    grown = settings.request_timeout * float(TIMEOUT_GROWTH ** min(attempt - 1, 16))
+    return max(settings.request_timeout, min(grown, time_left))

@@ -75,8 +75,12 @@ class Settings:
     marks.  It bounds the whole body, not each handler: half of LINE's 2 s."""
 
     request_timeout: float = attrs.field(default=1.0, validator=_positive)
-    """Per-attempt HTTP timeout (s).  The SDK's clients default to none (sync) or
-    300 s (async); 1 s still covers a cold TLS connection from another continent."""
+    """Connect timeout, and the first attempt's whole timeout (s).  Each retry
+    may take ``TIMEOUT_GROWTH`` (4) times longer than the attempt before it (1,
+    4, 16 s), never past ``retry_deadline``: a slow but healthy LINE still gets
+    a mark through in two requests, while the handler's wait stays bounded by
+    ``wait_timeout`` alone.  The SDK's clients default to none (sync) or 300 s
+    (async); 1 s still covers a cold TLS connection from another continent."""
 
     max_attempts: int = attrs.field(default=5, validator=_positive_int)
     """Attempts per mark, the first included."""
@@ -107,6 +111,12 @@ class Settings:
     rate_limit_cooldown: float = attrs.field(default=1.0, validator=_non_negative)
     """After a 429 without ``Retry-After``, pause the channel's requests this long (s)."""
 
+    max_rate_limit_pause: float = attrs.field(default=60.0, validator=_non_negative)
+    """Cap (s) on one channel pause after a 429: a ``Retry-After: 86400`` (or 400
+    digits) pauses the channel this long at most, and each mark is still bounded
+    by ``retry_deadline``.  A ``Retry-After`` that is not a number or a date is
+    treated as absent."""
+
     max_concurrency: int = attrs.field(default=100, validator=_positive_int)
     """Requests in flight at once, per event loop: at ~50 ms a request, about
     LINE's limit of 2,000 requests per second per endpoint, while a burst of
@@ -115,7 +125,9 @@ class Settings:
     max_tracked_chats: int = attrs.field(default=10_000, validator=_positive_int)
     """Chats whose newest marked message is remembered (least recently used
     idle chats are forgotten first), so memory does not grow with every chat
-    the bot has ever seen."""
+    the bot has ever seen.  It also caps the chats with a mark in progress
+    (at most one queued mark per chat): during an outage a new chat's mark
+    beyond it fails at once, counted in ``stats().overflowed``."""
 
     mark_standby: bool = attrs.field(default=False, validator=_bool)
     """Mark events with ``mode == "standby"`` (another channel is active and
@@ -125,12 +137,18 @@ class Settings:
     """Mark message events that no handler (not even the default) handles."""
 
     close_grace: float = attrs.field(default=2.0, validator=_non_negative)
-    """How long ``close()``/``aclose()`` lets pending marks finish before cancelling them."""
+    """How long ``close()``/``aclose()`` lets pending marks finish before cancelling them.
+    An attempt may start during the grace only with a timeout that ends within
+    it; none starts after it, so closing takes at most the grace plus a moment."""
 
     on_failure: Optional[Callable[[MarkFailure], None]] = attrs.field(
         default=None, validator=_optional_callable
     )
-    """Called with a ``MarkFailure`` (no secrets in it) when a mark fails for good."""
+    """Called with a ``MarkFailure`` (no secrets in it) when a mark fails for good.
+    It runs on a dedicated thread, one call at a time, never on the engine's
+    loop: a slow or raising callback delays no mark.  At most
+    ``CALLBACK_QUEUE`` (1,000) failures wait for it; beyond, they are counted
+    in ``stats().callbacks_dropped`` and logged once."""
 
     jitter_seed: Optional[int] = attrs.field(default=None)
     """Seed for the backoff jitter, for reproducible runs (demo, tests)."""

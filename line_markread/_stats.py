@@ -35,6 +35,12 @@ class Stats:
     """Marks not sent at all because LINE answered 401/403 recently (the auth latch)."""
     duplicates: int = 0
     """Events seen before (same ``webhookEventId``, e.g. a redelivery): never sent twice."""
+    overflowed: int = 0
+    """Marks failed unsent because ``max_tracked_chats`` chats already had one in
+    progress (a long outage with many new chats); also counted in ``failed``."""
+    callbacks_dropped: int = 0
+    """Failures not passed to ``on_failure`` because 1,000 calls were already
+    waiting for it (a callback slower than the failures); logged once per overflow."""
     loading_started: int = 0
     """Loading animations LINE accepted (``202``), refreshes included."""
     loading_failed: int = 0
@@ -88,6 +94,8 @@ class Counters:
     budget_exhausted: int
     latched: int
     duplicates: int
+    overflowed: int
+    callbacks_dropped: int
     loading_started: int
     loading_failed: int
     loading_skipped: int

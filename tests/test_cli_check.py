@@ -175,10 +175,20 @@ def test_unusable_host_is_a_usage_error(capsys: pytest.CaptureFixture[str], host
     assert code == 2
 
 
-def test_token_with_a_newline_is_refused_before_any_request(
+def test_a_token_with_a_trailing_newline_is_stripped_as_the_plugin_does(
     fake: FakeLinePlatform, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # A secret file's trailing newline: the plugin strips it (issue 9, item 1), so check does too.
     code, out, err = check(capsys, "--host", fake.url, "--access-token", TOKEN + "\n")
+
+    assert code == 0
+    assert TOKEN not in out + err
+
+
+def test_token_with_inner_whitespace_is_refused_before_any_request(
+    fake: FakeLinePlatform, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = check(capsys, "--host", fake.url, "--access-token", TOKEN[:5] + "\n" + TOKEN)
 
     assert code == 2
     assert fake.requests == []

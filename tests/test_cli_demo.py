@@ -262,7 +262,7 @@ def test_demo_exits_1_when_handlers_do_not_wait(
 ) -> None:
     """The self-check has teeth: a plugin that let handlers run early fails the demo.
 
-    ``wait_timeout=0`` releases each handler once its request is sent, and a
+    ``wait_timeout=0`` releases each handler at once, and a
     slow LINE (50 ms per answer) makes every reply overtake its mark.
     """
     monkeypatch.setattr(stage, "DEMO_SETTINGS", {**stage.DEMO_SETTINGS, "wait_timeout": 0.0})

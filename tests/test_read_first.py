@@ -245,7 +245,7 @@ def test_options_given_twice_or_for_another_channel_are_refused(fake: FakeLinePl
             )
         with Marker(access_token="another") as other, pytest.raises(ValueError, match="Marker"):
             handler.add(MessageEvent)(read_first(marker=other)(on_text))
-        elsewhere = Configuration(host=fake.url, access_token="another token")
+        elsewhere = Configuration(host=fake.url, access_token="another-token")  # no space: refused
         with pytest.raises(ValueError, match="another channel"):
             handler.default()(read_first(configuration=elsewhere)(on_text))
 

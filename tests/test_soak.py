@@ -13,6 +13,13 @@ The plan runs in two phases over disjoint halves of the chats, with
 holds as many chats as it ever will, so its retained memory (tracemalloc,
 allocations made by the package itself) must stay flat in phase 2.
 
+A third test plays the hostile phases of issue 9 on both paths: LINE hangs
+while bursts of new chats arrive (every body released by ``wait_timeout``,
+state bounded by ``max_tracked_chats``, the excess counted as ``overflowed``
+and reported), LINE recovers (every chat's next message marked, every
+failure counted and passed to ``on_failure``), and LINE answers every
+request 1.2 s late (every mark lands, at most two requests each).
+
 Plain ``pytest`` (``make test``) runs them at CI size; ``pytest --soak``
 at full size (20,000 messages over 2,000 chats).
 """
@@ -42,7 +49,7 @@ from line_markread.testing import (
     text_event,
 )
 
-from .support import SECRET, TOKEN_PATH
+from .support import SECRET, TOKEN_PATH, AsyncDriver, Driver
 
 RETRY_COST = 5
 """What the cheapest retry costs in the retry budget (``_guard.RETRY_COST``)."""
@@ -363,3 +370,99 @@ def test_soak_handle_from_16_threads(
         tracemalloc.stop()
 
     check(plan, run, size, stats=handler.stats(), fake=fake, caplog=caplog)
+
+
+# -- hostile phases: an outage with a burst of new chats, recovery, a slow API ----------
+
+
+HOSTILE_SIZE = {False: (8, 15), True: (40, 50)}
+"""(bodies, new chats per body) of the outage burst: CI size, ``--soak`` size."""
+
+
+@pytest.mark.soak
+def test_soak_through_an_outage_a_burst_and_a_slow_api(
+    fake: FakeLinePlatform, driver: Driver, soak: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    bodies, per_body = HOSTILE_SIZE[soak]
+    cap, slots, wait = 30, 8, 0.2
+    failures: list[MarkFailure] = []
+
+    def new_handler(retry_deadline: float) -> WebhookHandler:
+        handler = WebhookHandler(
+            SECRET,
+            configuration=fake.configuration(),
+            wait_timeout=wait,
+            request_timeout=0.5,
+            retry_deadline=retry_deadline,
+            max_concurrency=slots,
+            max_tracked_chats=cap,
+            backoff_initial=0.01,
+            backoff_max=0.02,
+            on_failure=failures.append,
+        )
+        handler.add(MessageEvent, message=TextMessageContent)(lambda event: None)
+        return handler
+
+    handler = new_handler(retry_deadline=2.0)  # a short outage phase for CI
+    caplog.set_level(logging.WARNING, logger="line_markread")
+
+    def body_of(*events: dict[str, Any]) -> tuple[str, str]:
+        return signed_body(*events, channel_secret=SECRET)
+
+    # Phase 1: LINE hangs; a burst of new chats arrives.  Every body is released by
+    # wait_timeout, and the engine's state stays bounded however many chats come.
+    fake.script(TOKEN_PATH, *[Fault.hang()] * (bodies * per_body * 3))
+    slowest, most_tracked = 0.0, 0
+    for b in range(bodies):
+        events = [text_event(f"o{b}", user_id=f"B{b}-{i}") for i in range(per_body)]
+        start = time.monotonic()
+        driver.handle(handler, *body_of(*events))
+        slowest = max(slowest, time.monotonic() - start)
+        most_tracked = max(most_tracked, handler.marker.tracked_chats())
+    overflowed = handler.stats().overflowed
+    assert slowest < wait + 1.5  # generous: scheduling noise on a loaded CI machine
+    assert most_tracked <= cap + slots + per_body
+    assert overflowed > 0
+
+    # Phase 2: LINE recovers.  Each chat's next message is marked: nothing was lost
+    # for good, and every mark of phase 1 that did not land was counted and reported.
+    flush(handler, driver)
+    fake.reset()
+    recovered = []
+    for b in range(bodies):
+        events = [text_event(f"r{b}", user_id=f"B{b}-{i}") for i in range(per_body)]
+        recovered += [e["message"]["markAsReadToken"] for e in events]
+        driver.handle(handler, *body_of(*events))
+    flush(handler, driver)
+    driver.close(handler, 5.0)
+    stats = handler.stats()
+    assert set(recovered) <= set(fake.marked_tokens())
+    assert stats.failed == len(failures) + stats.callbacks_dropped
+    assert handler.marker.tracked_chats() <= cap + slots + per_body
+
+    # Phase 3: LINE answers every request, but 1.2 s late: at most 2 requests a mark.
+    # (A new handler: the outage above spent the channel's retry budget, as it should.)
+    handler = new_handler(retry_deadline=30.0)
+    slow = [text_event("s", user_id=f"S{i}") for i in range(per_body)]
+    fake.script(TOKEN_PATH, *[Fault.delay(1.2)] * (2 * per_body))
+    driver.handle(handler, *body_of(*slow))
+    flush(handler, driver)
+    driver.close(handler, 5.0)
+
+    assert {e["message"]["markAsReadToken"] for e in slow} <= set(fake.marked_tokens())
+    slow_tokens = {e["message"]["markAsReadToken"] for e in slow}
+    slow_requests = [r for r in fake.mark_requests() if _token(r.json) in slow_tokens]
+    assert len(slow_requests) <= 2 * per_body
+    assert handler.stats().failed == 0
+
+
+def flush(handler: WebhookHandler, driver: Driver) -> None:
+    """Wait for every mark in progress, on the path's own loop."""
+    if isinstance(driver, AsyncDriver):
+        driver.run(handler.marker.aflush())
+    else:
+        handler.marker.flush()
+
+
+def _token(document: object) -> object:
+    return document.get("markAsReadToken") if isinstance(document, dict) else None

@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from typing import Any, Optional, TextIO
 
 import attrs
 
+from .._sanitize import server_text
 from .._version import __version__
 
 DEFAULT_HOST = "https://api.line.me"
@@ -112,15 +114,48 @@ def fetch_bot_info(host: str, token: str, timeout: float) -> tuple[int, Optional
             error.close()
 
 
+def fetch_within(host: str, token: str, timeout: float) -> tuple[int, Optional[str], bytes]:
+    """``fetch_bot_info`` with *timeout* for the whole exchange, not per socket read.
+
+    urllib's timeout applies to each blocking call: a server trickling its
+    answer a byte at a time could hold the command for ever.  The request
+    runs on a daemon thread; past the deadline the command reports a network
+    error and exits, and the thread dies with the process.
+    """
+    outcome: list[Any] = []
+
+    def fetch() -> None:
+        try:
+            outcome.append(fetch_bot_info(host, token, timeout))
+        except BaseException as e:  # handed to the caller, raised there
+            outcome.append(e)
+
+    worker = threading.Thread(target=fetch, name="line-markread-check", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        raise TimeoutError(f"no complete answer within {timeout:.0f} s")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    result: tuple[int, Optional[str], bytes] = outcome[0]
+    return result
+
+
 def inspect_account(token: Optional[str], host: str, timeout: float = TIMEOUT) -> Report:
-    """Ask LINE about the account behind *token* and say what it means for the plugin."""
+    """Ask LINE about the account behind *token* and say what it means for the plugin.
+
+    *timeout* bounds the whole command (connecting, TLS, the answer's last
+    byte), whatever the server does.
+    """
     host = host.rstrip("/")
+    if token is not None:
+        token = token.strip()  # as the plugin does: a secret file's trailing newline
     problem = _usage_problem(token, host)
     if problem is not None:
         return Report(problem[0], Exit.USAGE, host, problem[1], problem[2])
     assert token is not None
     try:
-        status, request_id, body = fetch_bot_info(host, token, timeout)
+        status, request_id, body = fetch_within(host, token, timeout)
     except (ValueError, http.client.InvalidURL) as e:
         return Report("bad-host", Exit.USAGE, host, f"--host is not a usable URL: {e}")
     except http.client.HTTPException as e:  # an answer, but not HTTP as we know it
@@ -139,7 +174,7 @@ def inspect_account(token: Optional[str], host: str, timeout: float = TIMEOUT) -
             f"could not reach {host}: {_reason(e)}",
             "Check the host, your network and any proxy settings (HTTPS_PROXY), then retry.",
         )
-    return interpret(host, status, request_id, body)
+    return interpret(host, status, request_id, body, token)
 
 
 def _usage_problem(token: Optional[str], host: str) -> Optional[tuple[str, str, str]]:
@@ -161,21 +196,30 @@ def _reason(error: OSError) -> str:
     return str(reason if reason is not None else error) or type(error).__name__
 
 
-def interpret(host: str, status: int, request_id: Optional[str], body: bytes) -> Report:
-    """Turn LINE's answer into an outcome, an exit status and advice."""
+def interpret(
+    host: str, status: int, request_id: Optional[str], body: bytes, token: Optional[str] = None
+) -> Report:
+    """Turn LINE's answer into an outcome, an exit status and advice.
+
+    Every piece of server text in it is sanitised (``server_text``): control
+    characters escaped, length capped, *token* redacted even where an echo
+    of it straddles the cut.
+    """
+    if request_id is not None:
+        request_id = server_text(request_id, token, limit=64)
     answer = Report("", Exit.UNEXPECTED, host, "", http_status=status, request_id=request_id)
     if status in (401, 403):
         return attrs.evolve(
             answer,
             outcome="unauthorized",
             exit_code=Exit.UNAUTHORIZED,
-            message=f"LINE rejected the access token ({status}: {_line_message(body)})",
+            message=f"LINE rejected the access token ({status}: {_line_message(body, token)})",
             advice="Use the channel access token of this bot's Messaging API channel; "
             "reissue it in the LINE Developers Console if it expired or was revoked.",
         )
     info = _json_object(body) if status == 200 else None
     if info is None:
-        what = "a body that is not JSON bot info" if status == 200 else _line_message(body)
+        what = "a body that is not JSON bot info" if status == 200 else _line_message(body, token)
         return attrs.evolve(
             answer,
             outcome="unexpected-response",
@@ -183,7 +227,11 @@ def interpret(host: str, status: int, request_id: Optional[str], body: bytes) ->
             advice="Check --host (it must be the Messaging API's base URL); "
             "if it is LINE's own, retry later and quote the request ID to LINE's support.",
         )
-    bot = {name: _printable(info[name]) for name in _BOT_FIELDS if isinstance(info.get(name), str)}
+    bot = {
+        name: server_text(info[name], token)
+        for name in _BOT_FIELDS
+        if isinstance(info.get(name), str)
+    }
     return attrs.evolve(answer, bot=bot, **_VERDICTS.get(info.get("markAsReadMode"), _UNKNOWN))
 
 
@@ -216,22 +264,17 @@ _UNKNOWN: Mapping[str, Any] = {
 def _json_object(body: bytes) -> Optional[dict[str, Any]]:
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return document if isinstance(document, dict) else None
 
 
-def _line_message(body: bytes) -> str:
-    """LINE's error ``message``, or the start of whatever else came back."""
+def _line_message(body: bytes, token: Optional[str] = None) -> str:
+    """LINE's error ``message``, or the start of whatever else came back, sanitised."""
     document = _json_object(body)
     if document is not None and isinstance(document.get("message"), str):
-        return _printable(document["message"])
-    return _printable(body[:120].decode("utf-8", "replace").strip()) or "empty body"
-
-
-def _printable(text: str) -> str:
-    # Whatever a server sends must not move the terminal's cursor or colour it.
-    return "".join(ch if ch.isprintable() else " " for ch in text)[:200]
+        return server_text(document["message"], token)
+    return server_text(body.decode("utf-8", "replace").strip(), token) or "empty body"
 
 
 # -- output ---------------------------------------------------------------------
@@ -270,6 +313,8 @@ def run(
 ) -> int:
     """The ``check`` command: report on stdout (problems on stderr), return the exit status."""
     token = access_token if access_token is not None else os.environ.get(TOKEN_ENV)
+    if token is not None:
+        token = token.strip()
     report = inspect_account(token, host)
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
