@@ -370,9 +370,12 @@ def test_sigterm_drains_the_pending_mark_and_exits_0(
         bot.kill()
 
     assert_clean_exit(name, returncode, stderr)
-    failed, retried, reply = fresh_line.wait_for_requests(3)
-    assert (failed.path, failed.status) == (TOKEN_MARK_AS_READ_PATH, 503)
-    assert (reply.path, retried.path) == (REPLY_PATH, TOKEN_MARK_AS_READ_PATH)
+    records = fresh_line.wait_for_requests(3)
+    # The retry and the reply race to LINE (backoff jitter against wait_timeout): what
+    # matters is that the retry was answered after the reply, i.e. still pending.
+    failed, retried = (r for r in records if r.path == TOKEN_MARK_AS_READ_PATH)
+    (reply,) = (r for r in records if r.path == REPLY_PATH)
+    assert failed.status == 503
     assert retried.status == 200, "the pending mark was not drained at shutdown"
     assert retried.responded_at is not None
     assert retried.responded_at > reply.received_at  # it really was still pending
