@@ -10,6 +10,7 @@ timestamp first, the order the plugin saw them second.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Sequence
 from typing import Optional
 
@@ -43,16 +44,21 @@ class BodyWaiters:
 
 
 class Waiter:
-    __slots__ = ("body", "done", "key")
+    __slots__ = ("body", "done", "key", "sink")
 
     def __init__(self, key: Key, loop: asyncio.AbstractEventLoop) -> None:
         self.key = key
         self.done: asyncio.Future[Outcome] = loop.create_future()
         self.body: Optional[BodyWaiters] = None
+        self.sink: Optional[concurrent.futures.Future[Outcome]] = None
+        """A waiting thread's future (the sync hand-over): given the outcome in ``release``."""
 
     def release(self, outcome: Outcome) -> None:
         if not self.done.done():
             self.done.set_result(outcome)
+            if self.sink is not None:
+                # Set here, not from a done-callback: no extra callback on the loop per event.
+                self.sink.set_result(outcome)
             if self.body is not None:
                 self.body.settled()
 

@@ -132,6 +132,7 @@ class Transport:
         self._connect_timeout = connect_timeout
         self._max_connections = max_connections
         self._session: Optional[aiohttp.ClientSession] = None
+        self._limits: Optional[aiohttp.ClientTimeout] = None
 
     def __repr__(self) -> str:
         return f"<Transport host={self._credentials.host!r}>"
@@ -164,13 +165,18 @@ class Transport:
         there is no HTTP answer; a redirect is returned as the answer it is.
         """
         url = self._credentials.host + path
-        limits = aiohttp.ClientTimeout(
-            total=timeout, sock_connect=min(timeout, self._connect_timeout)
-        )
+        limits = self._limits
+        if limits is None or limits.total != timeout:  # first attempts share one object
+            limits = self._limits = aiohttp.ClientTimeout(
+                total=timeout, sock_connect=min(timeout, self._connect_timeout)
+            )
         try:
             async with self._get_session().post(
                 url, data=payload, timeout=limits, allow_redirects=False
             ) as response:
+                if response.status == 200 and response.content.is_eof():
+                    # The whole (ignored) body is in: the connection goes back to the pool as is.
+                    return _OK
                 body, complete = await _read_capped(response.content)
                 if not complete:
                     response.close()  # the rest is never read: the connection cannot be reused

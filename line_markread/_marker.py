@@ -74,7 +74,11 @@ def _submit_for(
         return
     for waiter, future in zip(ticket.waiters, futures):
         if waiter is not None and future is not None:
-            _chain(waiter.done, future)
+            done = waiter.done
+            if done.done():  # already read, or the engine closed meanwhile
+                future.set_result(Outcome.FAILED if done.cancelled() else done.result())
+            else:
+                waiter.sink = future  # the engine sets it when it releases the waiter
 
 
 def _resolve_all(
@@ -83,21 +87,6 @@ def _resolve_all(
     for future in futures:
         if future is not None and not future.done():
             future.set_result(outcome)
-
-
-def _chain(source: asyncio.Future[Outcome], target: concurrent.futures.Future[Outcome]) -> None:
-    """Complete the thread-safe *target* with *source*'s result, now or when it settles."""
-
-    def copy(settled: asyncio.Future[Outcome]) -> None:
-        if settled.cancelled():
-            target.cancel()
-        else:
-            target.set_result(settled.result())
-
-    if source.done():
-        copy(source)
-    else:
-        source.add_done_callback(copy)
 
 
 class Marker:

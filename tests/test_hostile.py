@@ -547,6 +547,35 @@ def test_a_huge_200_body_is_not_read_whole(driver: Driver, raw_handler: RawHandl
     assert written < 16 * 1024 * 1024  # the client stopped reading at 64 KiB and hung up
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "body-late"])
+def test_a_200_leaves_its_connection_reusable(
+    driver: Driver, raw_handler: RawHandlerFactory, split: bool
+) -> None:
+    """The 200 path returns without reading a body already in, and reads one still coming."""
+    connections: set[int] = set()
+    lock = threading.Lock()
+
+    def respond(request: RawRequest, conn: socket.socket, server: RawServer) -> bool:
+        with lock:
+            connections.add(id(conn))
+        if split:  # the body arrives after the head: the client must read it before reuse
+            send(conn, server, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+            time.sleep(0.05)
+            send(conn, server, b"{}")
+        else:
+            send(conn, server, ok())
+        return True
+
+    with RawServer(respond) as server:
+        handler = with_text_handler(raw_handler(server))
+        for user in ("U1", "U2", "U3"):
+            driver.handle(handler, *body_of(text_event(user_id=user)))
+        server.wait_for_requests(3)
+
+    assert handler.stats().marked == 3
+    assert len(connections) == 1  # one keep-alive connection served all three
+
+
 # -- 13. check has one total deadline ---------------------------------------------------------
 
 
