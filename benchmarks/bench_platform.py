@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from types import TracebackType
-from typing import IO, Optional
+from typing import IO
 
 ACCESS_TOKEN = "bench-access-token"
 _STARTUP_TIMEOUT = 30.0
@@ -137,9 +137,9 @@ class PlatformProcess:
 
     def __exit__(
         self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 

@@ -9,7 +9,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 from importlib import metadata
-from typing import Any, Optional
+from typing import Any
 
 SCHEMA_VERSION = 1
 LIBRARIES = ("line-markread", "line-bot-sdk", "aiohttp", "attrs", "pydantic", "urllib3")
@@ -37,21 +37,21 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
-def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator == 0:
         return None
     return numerator / denominator
 
 
-def target(name: str, value: Optional[float], op: str, threshold: float) -> dict[str, Any]:
+def target(name: str, value: float | None, op: str, threshold: float) -> dict[str, Any]:
     """One target of the issue, checked against this run (``met`` is None without a value)."""
-    met: Optional[bool] = None
+    met: bool | None = None
     if value is not None and not math.isnan(value):
         met = {">=": value >= threshold, "<=": value <= threshold, "==": value == threshold}[op]
     return {"name": name, "value": value, "op": op, "threshold": threshold, "met": met}
 
 
-def _cpu_model() -> Optional[str]:
+def _cpu_model() -> str | None:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
@@ -63,14 +63,14 @@ def _cpu_model() -> Optional[str]:
 
 
 def machine() -> dict[str, Any]:
-    versions: dict[str, Optional[str]] = {}
+    versions: dict[str, str | None] = {}
     for name in LIBRARIES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
     try:
-        load: Optional[list[float]] = list(os.getloadavg())
+        load: list[float] | None = list(os.getloadavg())
     except OSError:
         load = None
     return {
@@ -96,7 +96,7 @@ _FORMATS = {
 }
 
 
-def _fmt(value: Optional[float], unit: str) -> str:
+def _fmt(value: float | None, unit: str) -> str:
     if value is None or math.isnan(value):
         return "-"
     form = _FORMATS.get(unit)
@@ -189,4 +189,6 @@ def _render(rows: list[list[str]], markdown: bool) -> list[str]:
         out += ["| " + " | ".join(row) + " |" for row in rows[1:]]
         return out
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    return [
+        "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
+    ]

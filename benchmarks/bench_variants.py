@@ -22,8 +22,8 @@ import asyncio
 import inspect
 import json
 import time
-from collections.abc import Awaitable
-from typing import Any, Callable, Optional, Union
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import linebot.v3
@@ -82,11 +82,11 @@ class Variant:
         self,
         name: str,
         *,
-        sync: Optional[SyncHandle] = None,
-        aio: Optional[AsyncHandle] = None,
-        close: Optional[Callable[[], Awaitable[None]]] = None,
-        stats: Optional[Callable[[], Any]] = None,
-        marker: Optional[line_markread.Marker] = None,
+        sync: SyncHandle | None = None,
+        aio: AsyncHandle | None = None,
+        close: Callable[[], Awaitable[None]] | None = None,
+        stats: Callable[[], Any] | None = None,
+        marker: line_markread.Marker | None = None,
     ) -> None:
         assert (sync is None) != (aio is None)
         self.name = name
@@ -108,8 +108,8 @@ class Variant:
 def _register(
     handler: Any,
     probe: Probe,
-    mark: Optional[Callable[[Any], None]] = None,
-    add_options: Optional[dict[str, Any]] = None,
+    mark: Callable[[Any], None] | None = None,
+    add_options: dict[str, Any] | None = None,
 ) -> None:
     options = add_options or {}
 
@@ -173,7 +173,7 @@ def naive_async(configuration: Configuration, probe: Probe) -> Variant:
 def plugin_sync(
     configuration: Configuration,
     probe: Probe,
-    add_options: Optional[dict[str, Any]] = None,
+    add_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> Variant:
     handler = line_markread.WebhookHandler(CHANNEL_SECRET, configuration=configuration, **options)
@@ -191,7 +191,7 @@ def plugin_async(
     configuration: Configuration,
     probe: Probe,
     name: str = "plugin-async",
-    add_options: Optional[dict[str, Any]] = None,
+    add_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> Variant:
     handler = line_markread.WebhookHandler(CHANNEL_SECRET, configuration=configuration, **options)
@@ -202,7 +202,7 @@ def plugin_async(
     )  # fmt: skip
 
 
-def _chat_key(event: Any) -> Union[str, None]:
+def _chat_key(event: Any) -> str | None:
     source = event.source
     for attribute in ("group_id", "room_id", "user_id"):
         value = getattr(source, attribute, None)
@@ -263,7 +263,7 @@ class _Registry:
         self._handlers = handlers
 
     def add(
-        self, event: type, message: Optional[type] = None
+        self, event: type, message: type | None = None
     ) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
         key = event.__name__ if message is None else f"{event.__name__}_{message.__name__}"
 

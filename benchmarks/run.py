@@ -23,9 +23,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, TypeVar
 
 import bench_variants as bv
 from bench_platform import PlatformProcess
@@ -53,7 +53,7 @@ class Config:
     s5_parallel: int = 100
     s6_messages: int = 100_000
     s6_chats: int = 20_000
-    s6_max_tracked_chats: Optional[int] = None
+    s6_max_tracked_chats: int | None = None
     s6_contrast: bool = True
     s7_bodies: int = 50
     s8_runs: int = 10
@@ -190,7 +190,7 @@ class Bench:
             lock = threading.Lock()
             feed = iter(bodies)
 
-            def next_body() -> Optional[Body]:
+            def next_body() -> Body | None:
                 with lock:
                     return next(feed, None)
 
@@ -296,7 +296,7 @@ class Scenario:
         self,
         bench: Bench,
         names: Sequence[str],
-        options: Optional[dict[str, dict[str, Any]]] = None,
+        options: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.bench = bench
         self.names = list(names)
@@ -334,7 +334,7 @@ def _scenario(sid: str, title: str, params: dict[str, Any], **layout: Any) -> di
     }
 
 
-def _median(result: dict[str, Any], variant: str, metric: str) -> Optional[float]:
+def _median(result: dict[str, Any], variant: str, metric: str) -> float | None:
     entry = result["variants"].get(variant, {}).get("metrics", {}).get(metric)
     return None if entry is None else entry["median"]
 
@@ -396,7 +396,7 @@ def scenario_per_body(bench: Bench, sid: str) -> dict[str, Any]:
     finally:
         scenario.close()
 
-    def med(variant: str) -> Optional[float]:
+    def med(variant: str) -> float | None:
         return _median(result, variant, "per_body_s")
 
     for naive, plugin in (("naive-sync", "plugin-sync"), ("naive-async", "plugin-async")):
@@ -490,10 +490,10 @@ def scenario_throughput(bench: Bench, sid: str) -> dict[str, Any]:
 def _throughput_verdicts(result: dict[str, Any], sid: str) -> None:
     """Ratios and issue 13's targets of S3/S3c."""
 
-    def med(variant: str) -> Optional[float]:
+    def med(variant: str) -> float | None:
         return _median(result, variant, "events_per_s")
 
-    def cpu_med(variant: str) -> Optional[float]:
+    def cpu_med(variant: str) -> float | None:
         return _median(result, variant, "cpu_us_per_event")
 
     for plugin in ("plugin-async", "plugin-sync"):
@@ -551,7 +551,7 @@ def scenario_follow(bench: Bench) -> dict[str, Any]:
     finally:
         scenario.close()
 
-    def med(variant: str) -> Optional[float]:
+    def med(variant: str) -> float | None:
         return _median(result, variant, "events_per_s")
 
     for kind in ("sync", "async"):
@@ -707,10 +707,10 @@ def scenario_startup(bench: Bench) -> dict[str, Any]:
     for name in STARTUP_COMMANDS:
         result["variants"][name] = {"metrics": {"wall_ms": summary(times[name])}}
 
-    def med(name: str) -> Optional[float]:
+    def med(name: str) -> float | None:
         return _median(result, name, "wall_ms")
 
-    def difference(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    def difference(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else a - b
 
     result["ratios"]["pytest start-up added by the plugin (ms)"] = difference(
@@ -725,7 +725,7 @@ def scenario_startup(bench: Bench) -> dict[str, Any]:
     return result
 
 
-def _memory_child(bench: Bench, max_tracked_chats: Optional[int]) -> dict[str, Any]:
+def _memory_child(bench: Bench, max_tracked_chats: int | None) -> dict[str, Any]:
     config = bench.config
     options = {
         "url": bench.platform.url,
@@ -773,7 +773,7 @@ def scenario_memory(bench: Bench) -> dict[str, Any]:
         columns=[("peak_rss_growth_mb", "peak RSS growth", "MB")],
         extra_columns=["max_tracked_chats", "tracked_chats", "final_rss_mb", "messages_per_s"],
     )
-    runs: list[tuple[str, Optional[int]]] = [("plugin-async", bound)]
+    runs: list[tuple[str, int | None]] = [("plugin-async", bound)]
     if config.s6_contrast:
         # The same run with the per-chat bound out of reach: what the bound saves.
         runs.append(("plugin-async[max_tracked_chats=1000000]", 1_000_000))
@@ -806,7 +806,7 @@ def scenario_memory(bench: Bench) -> dict[str, Any]:
 # -- main ----------------------------------------------------------------
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Config, str, bool, Optional[str]]:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, bool, str | None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny counts, a few seconds")
     parser.add_argument("--repetitions", type=int, help="repetitions per scenario (5)")
@@ -893,7 +893,7 @@ def run(config: Config) -> dict[str, Any]:
     return results
 
 
-def _load_average() -> Optional[list[float]]:
+def _load_average() -> list[float] | None:
     """1, 5 and 15 minute load averages: other work on a shared machine shows here."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -901,7 +901,7 @@ def _load_average() -> Optional[list[float]]:
         return None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     config, output, markdown, table_from = parse_args(argv)
     if table_from is not None:
         with open(table_from) as f:

@@ -23,7 +23,7 @@ import signal
 import socket
 import sys
 from types import FrameType
-from typing import Any, Optional
+from typing import Any
 
 from aiohttp import web
 from linebot.v3.messaging import Configuration
@@ -53,7 +53,7 @@ def line_settings() -> tuple[str, Configuration]:
     return channel_secret, Configuration(host=os.getenv("LINE_API_HOST"), access_token=access_token)
 
 
-def parse_args(description: Optional[str]) -> argparse.Namespace:
+def parse_args(description: str | None) -> argparse.Namespace:
     """``--port`` (default: ``$PORT``, else 8000) and ``--host`` (default: all interfaces)."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,7 +83,7 @@ def announce(host: str, port: int, server: str) -> None:
     print(f"Listening on http://{host}:{port}/callback ({server})", flush=True)
 
 
-def _interrupt(signum: int, frame: Optional[FrameType]) -> None:
+def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 

@@ -31,8 +31,8 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine
-from typing import Any, Callable, Generic, Optional, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, TypeVar
 
 from ._settings import Settings
 from ._stats import Counters, Stats
@@ -318,7 +318,7 @@ class TaskPool:
             workers, workers + settings.background_backlog
         )
         self._tasks: set[asyncio.Task[None]] = set()
-        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._counters = Counters()
         self._closed = False
         self._gave_up = False

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Optional, Union
+from typing import Any
 
 import attrs
 from linebot.v3.exceptions import InvalidSignatureError
@@ -36,11 +36,11 @@ class WebhookBodyError(ValueError):
 class ParsedBody:
     """A verified, decoded webhook body: its events as JSON objects, no SDK model built yet."""
 
-    destination: Optional[str]
+    destination: str | None
     events: tuple[dict[str, Any], ...] = attrs.field(repr=False)
 
 
-def parse_body(parser: Any, body: Union[str, bytes], signature: str) -> ParsedBody:
+def parse_body(parser: Any, body: str | bytes, signature: str) -> ParsedBody:
     """Verify *signature* with the SDK *parser*'s validator, then parse *body*.
 
     Raises ``InvalidSignatureError`` exactly as the SDK does, and

@@ -18,7 +18,8 @@ import queue
 import threading
 import time
 import weakref
-from typing import Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class CallbackThread:
         self._lock = threading.Lock()
         _instances.add(self)
         self._queue: queue.Queue[object] = queue.Queue(CALLBACK_QUEUE)
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._pid = 0
         self._overflowing = False
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Sequence
-from typing import Optional
 
 import attrs
 
@@ -34,7 +33,7 @@ class BodyWaiters:
 
     def __init__(self) -> None:
         self.unsettled = 0
-        self.timer: Optional[asyncio.TimerHandle] = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def settled(self) -> None:
         self.unsettled -= 1
@@ -49,8 +48,8 @@ class Waiter:
     def __init__(self, key: Key, loop: asyncio.AbstractEventLoop) -> None:
         self.key = key
         self.done: asyncio.Future[Outcome] = loop.create_future()
-        self.body: Optional[BodyWaiters] = None
-        self.sink: Optional[concurrent.futures.Future[Outcome]] = None
+        self.body: BodyWaiters | None = None
+        self.sink: concurrent.futures.Future[Outcome] | None = None
         """A waiting thread's future (the sync hand-over): given the outcome in ``release``."""
 
     def release(self, outcome: Outcome) -> None:
@@ -78,7 +77,7 @@ class Job:
     def __init__(self, target: ReadTarget, key: Key) -> None:
         self.target = target
         self.key = key
-        self.task: Optional[asyncio.Task[None]] = None
+        self.task: asyncio.Task[None] | None = None
         self.in_flight = False
         self.superseded = False
         # Marked or failed (and counted): a task cancelled at close that is not
@@ -90,7 +89,7 @@ class Chat:
     __slots__ = ("jobs", "marked", "waiters")
 
     def __init__(self) -> None:
-        self.marked: Optional[Key] = None
+        self.marked: Key | None = None
         self.jobs: list[Job] = []
         self.waiters: list[Waiter] = []
 
@@ -110,7 +109,7 @@ class Chat:
 class Ticket:
     """The waiters of one batch (a webhook body), in order; ``None`` where nothing is marked."""
 
-    waiters: tuple[Optional[Waiter], ...]
+    waiters: tuple[Waiter | None, ...]
 
     async def outcome(self, index: int) -> Outcome:
         """Wait for event *index* (a waiter has one consumer: awaiting it directly is safe)."""
@@ -124,10 +123,10 @@ def expire_all(waiters: list[Waiter]) -> None:
 
 
 def failed_ticket(
-    targets: Sequence[Optional[ReadTarget]], loop: asyncio.AbstractEventLoop
+    targets: Sequence[ReadTarget | None], loop: asyncio.AbstractEventLoop
 ) -> tuple[Ticket, int]:
     """A ticket whose marks all failed already (closed meanwhile), and how many there are."""
-    waiters: list[Optional[Waiter]] = []
+    waiters: list[Waiter | None] = []
     for target in targets:
         if target is None:
             waiters.append(None)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping
-from typing import Any, Callable, Literal, Optional, Union, cast
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, cast
 
 import attrs
 from linebot.v3.webhooks import MessageEvent
@@ -24,10 +24,10 @@ from ._targets import ReadTarget, Skip, read_target
 
 log = logging.getLogger(__name__)
 
-Decision = Union[bool, Literal["nowait"]]
+Decision = bool | Literal["nowait"]
 """What one handler wants for one event: ``True``, ``False`` or ``"nowait"``."""
 
-MarkPolicy = Union[bool, Literal["nowait"], Callable[[Any], Decision]]
+MarkPolicy = bool | Literal["nowait"] | Callable[[Any], Decision]
 """The ``mark_as_read=`` value of ``handler.add(...)``: a decision, or a function of the event."""
 
 
@@ -56,7 +56,7 @@ def validate_background(value: object) -> bool:
     raise TypeError(f"background must be True or False, got {value!r}")
 
 
-def route_key(event: type, message: Optional[type] = None) -> str:
+def route_key(event: type, message: type | None = None) -> str:
     """The SDK's handler key for an event class (and message content class)."""
     return event.__name__ if message is None else f"{event.__name__}_{message.__name__}"
 
@@ -94,7 +94,7 @@ class Route:
         arity = 2 if spec.varargs is not None else min(len(spec.args), 2)
         return cls(func, policy, arity, inspect.iscoroutinefunction(func), loading, background)
 
-    def call(self, event: Any, destination: Optional[str]) -> Any:
+    def call(self, event: Any, destination: str | None) -> Any:
         if self.arity == 2:
             return self.func(event, destination)
         if self.arity == 1:
@@ -102,9 +102,7 @@ class Route:
         return self.func()
 
 
-def find_route(
-    routes: Mapping[str, Route], default: Optional[Route], event: Any
-) -> Optional[Route]:
+def find_route(routes: Mapping[str, Route], default: Route | None, event: Any) -> Route | None:
     """The SDK's lookup for a built model: message-specific key, event key, default."""
     if isinstance(event, MessageEvent):
         return route_by_name(routes, default, (type(event).__name__, type(event.message).__name__))
@@ -112,8 +110,8 @@ def find_route(
 
 
 def route_by_name(
-    routes: Mapping[str, Route], default: Optional[Route], names: Prediction
-) -> Optional[Route]:
+    routes: Mapping[str, Route], default: Route | None, names: Prediction
+) -> Route | None:
     """``find_route`` from class names (``_shapes.predict``), before any model is built."""
     event_name, message_name = names
     route = None
@@ -124,7 +122,7 @@ def route_by_name(
     return default if route is None else route
 
 
-def decide(route: Optional[Route], event: Any, settings: Settings) -> Decision:
+def decide(route: Route | None, event: Any, settings: Settings) -> Decision:
     """What the handler about to run wants for *event*; a policy's mistakes mean "don't mark".
 
     A bot that hands some chats to human agents decides per event; if that
@@ -163,23 +161,23 @@ class Step:
     """
 
     event: Any
-    route: Optional[Route]
+    route: Route | None
     decision: Decision
     raw: dict[str, Any] = attrs.field(repr=False, kw_only=True)
-    predicted: Optional[Prediction] = attrs.field(default=None, kw_only=True)
+    predicted: Prediction | None = attrs.field(default=None, kw_only=True)
     """The class names the route was looked up by, when ``event`` was not built first."""
 
 
 @attrs.frozen
 class Plan:
-    destination: Optional[str]
+    destination: str | None
     steps: tuple[Step, ...]
-    targets: tuple[Optional[ReadTarget], ...]
+    targets: tuple[ReadTarget | None, ...]
     """Per step: what to mark, or ``None`` (nothing to mark, or opted out)."""
     skipped: int
     opted_out: int
     routes: Mapping[str, Route] = attrs.field(repr=False)
-    default: Optional[Route] = attrs.field(repr=False)
+    default: Route | None = attrs.field(repr=False)
 
     def build_events(self) -> None:
         """Build the SDK models not built during planning (after the requests have left)."""
@@ -193,11 +191,11 @@ class Plan:
 
 def _verified_route(
     event: Any,
-    predicted: Optional[Prediction],
+    predicted: Prediction | None,
     routes: Mapping[str, Route],
-    default: Optional[Route],
-    planned: Optional[Route],
-) -> Optional[Route]:
+    default: Route | None,
+    planned: Route | None,
+) -> Route | None:
     """A safety net: the route was picked from the JSON; the built model must agree with it.
 
     ``_shapes.predict`` only answers when it is sure (tests/test_planning.py
@@ -223,7 +221,7 @@ def _verified_route(
 
 
 def plan_body(
-    body: ParsedBody, routes: Mapping[str, Route], default: Optional[Route], settings: Settings
+    body: ParsedBody, routes: Mapping[str, Route], default: Route | None, settings: Settings
 ) -> Plan:
     """Route, decide and target every event from its JSON, building models only where needed.
 
@@ -233,7 +231,7 @@ def plan_body(
     here, before anything is sent.
     """
     steps = []
-    targets: list[Optional[ReadTarget]] = []
+    targets: list[ReadTarget | None] = []
     skipped = opted_out = 0
     mode, mark_standby = settings.mode, settings.mark_standby
     others: list[Step] = []

@@ -38,7 +38,6 @@ import logging
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
-from typing import Optional, Union
 
 import attrs
 
@@ -80,7 +79,7 @@ class Engine:
         settings: Settings,
         credentials: Credentials,
         guard: ChannelGuard,
-        callbacks: Optional[CallbackThread] = None,
+        callbacks: CallbackThread | None = None,
     ) -> None:
         # Must be built on its loop: on Python 3.9 asyncio primitives bind at creation.
         self._loop = asyncio.get_running_loop()
@@ -100,7 +99,7 @@ class Engine:
         self._rng = random.Random(settings.jitter_seed)
         self._jobs: dict[asyncio.Task[None], tuple[Chat, Job]] = {}
         self._closed = False
-        self._close_by: Optional[float] = None
+        self._close_by: float | None = None
         self._overflowing = False
         self.counters = Counters()
         self._shutdown_hook = self._close_with_loop()
@@ -156,7 +155,7 @@ class Engine:
     # -- submitting -------------------------------------------------------
 
     def submit(
-        self, targets: Sequence[Optional[ReadTarget]], *, timeout: Optional[float] = None
+        self, targets: Sequence[ReadTarget | None], *, timeout: float | None = None
     ) -> Ticket:
         """Start marking *targets* (one webhook body, in order); ``None`` is "nothing to mark".
 
@@ -173,7 +172,7 @@ class Engine:
         if timeout is None:
             timeout = self._settings.wait_timeout
         deadline = self._loop.time() + max(0.0, timeout)
-        waiters: list[Optional[Waiter]] = []
+        waiters: list[Waiter | None] = []
         newest: dict[ChatId, tuple[Key, ReadTarget, Chat]] = {}
         for target in targets:
             if target is None:
@@ -204,7 +203,7 @@ class Engine:
             body.timer = self._loop.call_at(deadline, expire_all, pending)
         return Ticket(tuple(waiters))
 
-    def _failed_ticket(self, targets: Sequence[Optional[ReadTarget]]) -> Ticket:
+    def _failed_ticket(self, targets: Sequence[ReadTarget | None]) -> Ticket:
         ticket, failed = failed_ticket(targets, self._loop)
         self.counters.failed += failed
         return ticket
@@ -344,7 +343,7 @@ class Engine:
         settings = self._settings
         give_up_at = self._loop.time() + settings.retry_deadline
         attempt = refund = 0
-        response: Optional[ApiResponse] = None
+        response: ApiResponse | None = None
         error = ""
         while True:
             refusal = await self._clearance(job, give_up_at, first=attempt == 0)
@@ -372,7 +371,7 @@ class Engine:
                 # The mark that took over failed for good: this older one may
                 # still succeed, and its waiters count on it.
                 job.superseded = False
-            delay: Union[float, GiveUp] = GiveUp.FINAL
+            delay: float | GiveUp = GiveUp.FINAL
             if verdict is Verdict.RETRY:
                 delay, refund = self._retry_delay(attempt, response, timed_out, give_up_at)
             if isinstance(delay, GiveUp):
@@ -388,11 +387,11 @@ class Engine:
             )
             await asyncio.sleep(delay)
 
-    def _time_to_close(self) -> Optional[float]:
+    def _time_to_close(self) -> float | None:
         """Seconds left of the close grace; ``None`` when not closing."""
         return None if self._close_by is None else self._close_by - self._loop.time()
 
-    async def _clearance(self, job: Job, give_up_at: float, *, first: bool) -> Optional[GiveUp]:
+    async def _clearance(self, job: Job, give_up_at: float, *, first: bool) -> GiveUp | None:
         """Wait out the channel's 429 pause; a reason not to send at all, or ``None`` to go."""
         while True:
             closing = self._time_to_close()
@@ -413,7 +412,7 @@ class Engine:
 
     async def _attempt(
         self, job: Job, attempt: int, give_up_at: float
-    ) -> Union[GiveUp, tuple[Optional[ApiResponse], str, bool]]:
+    ) -> GiveUp | tuple[ApiResponse | None, str, bool]:
         """One request: (LINE's answer or ``None``, what went wrong, whether it timed out).
 
         ``GiveUp.CLOSING`` instead if closing began while it waited for a
@@ -437,7 +436,7 @@ class Engine:
             finally:
                 job.in_flight = False
 
-    def _heed(self, job: Job, response: Optional[ApiResponse]) -> Optional[ApiResponse]:
+    def _heed(self, job: Job, response: ApiResponse | None) -> ApiResponse | None:
         """Let the whole channel learn from a 401, 403 or 429; the answer with its pause capped."""
         if response is None:
             return None
@@ -451,8 +450,8 @@ class Engine:
         return response
 
     def _retry_delay(
-        self, attempt: int, response: Optional[ApiResponse], timed_out: bool, give_up_at: float
-    ) -> tuple[Union[float, GiveUp], int]:
+        self, attempt: int, response: ApiResponse | None, timed_out: bool, give_up_at: float
+    ) -> tuple[float | GiveUp, int]:
         """(seconds before the next attempt, or why not; budget tokens it cost)."""
         time_left = give_up_at - self._loop.time()
         delay = next_delay(attempt, response, self._settings, self._rng, time_left)
@@ -489,7 +488,7 @@ class Engine:
         chat: Chat,
         job: Job,
         attempts: int,
-        response: Optional[ApiResponse],
+        response: ApiResponse | None,
         error: str,
         *,
         quiet: bool = False,
@@ -545,7 +544,7 @@ class Engine:
 
     # -- closing ----------------------------------------------------------
 
-    async def aclose(self, grace: Union[float, None] = None) -> None:
+    async def aclose(self, grace: float | None = None) -> None:
         """Let pending marks finish for up to *grace* seconds, cancel the rest, close HTTP.
 
         No attempt starts once closing began unless it can end within the
@@ -585,7 +584,7 @@ class Engine:
 
     # -- settling (serverless mode) ---------------------------------------
 
-    async def settle(self, targets: Sequence[Optional[ReadTarget]], deadline: float) -> int:
+    async def settle(self, targets: Sequence[ReadTarget | None], deadline: float) -> int:
         """Wait until no mark is in progress in the chats of *targets*, or loop time *deadline*.
 
         For ``settle_before_return``: a mark in progress there is the one an

@@ -10,7 +10,7 @@ request the same way.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 from linebot.v3.exceptions import InvalidSignatureError
@@ -60,7 +60,7 @@ def rejection(error: BaseException) -> Answer:
     return INVALID_SIGNATURE if isinstance(error, InvalidSignatureError) else INVALID_BODY
 
 
-def respond(handler: WebhookHandler, body: Union[str, bytes], signature: Optional[str]) -> Answer:
+def respond(handler: WebhookHandler, body: str | bytes, signature: str | None) -> Answer:
     """``handler.handle(body, signature)`` and the answer for it.
 
     ``400`` for a missing or bad signature and for a body that is not a LINE
@@ -77,9 +77,7 @@ def respond(handler: WebhookHandler, body: Union[str, bytes], signature: Optiona
     return OK
 
 
-async def arespond(
-    handler: WebhookHandler, body: Union[str, bytes], signature: Optional[str]
-) -> Answer:
+async def arespond(handler: WebhookHandler, body: str | bytes, signature: str | None) -> Answer:
     """Async twin of ``respond``: ``await handler.handle_async(body, signature)``."""
     if signature is None:
         return MISSING_SIGNATURE

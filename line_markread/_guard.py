@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from ._targets import Endpoint
 
@@ -44,7 +44,7 @@ class ChannelGuard:
         self._clock = clock
         self._lock = threading.Lock()
         self._paused_until = 0.0
-        self._latched_until: dict[Optional[Endpoint], float] = {}
+        self._latched_until: dict[Endpoint | None, float] = {}
 
     # -- the retry budget -------------------------------------------------
 
@@ -99,7 +99,7 @@ class ChannelGuard:
 
     # -- 429 pause --------------------------------------------------------
 
-    def rate_limited(self, retry_after: Optional[float]) -> None:
+    def rate_limited(self, retry_after: float | None) -> None:
         """A 429: pause the whole channel for ``Retry-After`` (or ``rate_limit_cooldown``)."""
         pause = self._rate_limit_cooldown if retry_after is None else retry_after
         until = self._clock() + pause

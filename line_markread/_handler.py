@@ -16,8 +16,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable
-from typing import Any, Callable, Optional, TypeVar, Union
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import linebot.v3
 
@@ -74,7 +74,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         channel_secret: str,
         skip_signature_verification: Callable[[], bool] = lambda: False,
         *,
-        access_token: Optional[str] = None,
+        access_token: str | None = None,
         configuration: Any = None,
         **options: Any,
     ) -> None:
@@ -87,13 +87,13 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         # Attribute names are prefixed so they cannot clash with the SDK's own.
         self._markread_marker = marker
         self._markread_routes: dict[str, Route] = {}
-        self._markread_default: Optional[Route] = None
+        self._markread_default: Route | None = None
         # Slow-handler machinery, built once here and used only by routes asking for it.
         self._markread_loader = marker._loader
         self._markread_background = False
         """Whether some route has ``background=True``: only then is a body scanned for them."""
         self._markread_pool_lock = threading.Lock()
-        self._markread_threads: Optional[ThreadPool] = None
+        self._markread_threads: ThreadPool | None = None
         self._markread_tasks: dict[asyncio.AbstractEventLoop, TaskPool] = {}
         self._markread_closed = False
 
@@ -105,10 +105,10 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     def add(
         self,
         event: type,
-        message: Union[type, list[type], tuple[type, ...], None] = None,
+        message: type | list[type] | tuple[type, ...] | None = None,
         *,
-        mark_as_read: Union[MarkPolicy, Unset] = UNSET,
-        loading: Union[bool, int] = False,
+        mark_as_read: MarkPolicy | Unset = UNSET,
+        loading: bool | int = False,
         background: bool = False,
     ) -> Callable[[F], F]:
         """Register a handler, as in the SDK, with what to do before it runs.
@@ -141,8 +141,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     def default(
         self,
         *,
-        mark_as_read: Union[MarkPolicy, Unset] = UNSET,
-        loading: Union[bool, int] = False,
+        mark_as_read: MarkPolicy | Unset = UNSET,
+        loading: bool | int = False,
         background: bool = False,
     ) -> Callable[[F], F]:
         """Register the handler for events no other handler takes, as in the SDK.
@@ -170,7 +170,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     def _markread_route(
         self,
         func: Callable[..., Any],
-        policy: Optional[MarkPolicy],
+        policy: MarkPolicy | None,
         loading: int = 0,
         background: bool = False,
     ) -> Route:
@@ -205,7 +205,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
 
     # -- handling ---------------------------------------------------------
 
-    def _plan(self, body: Union[str, bytes], signature: str) -> Plan:
+    def _plan(self, body: str | bytes, signature: str) -> Plan:
         plan = plan_body(
             parse_body(self.parser, body, signature),
             self._markread_routes,
@@ -216,7 +216,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             _refuse_background(plan)
         return plan
 
-    def handle(self, body: Union[str, bytes], signature: str) -> None:
+    def handle(self, body: str | bytes, signature: str) -> None:
         """Verify, mark every message read, and run the handlers: for sync frameworks.
 
         Raises ``InvalidSignatureError`` (bad signature) and ``WebhookBodyError``
@@ -248,7 +248,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         if marker.settings.settle_before_return:
             marker._settle(plan.targets, started + marker.settings.settle_timeout)
 
-    async def handle_async(self, body: Union[str, bytes], signature: str) -> None:
+    async def handle_async(self, body: str | bytes, signature: str) -> None:
         """``handle()`` for async frameworks: marks on the running loop; handlers may be async."""
         self._markread_marker._check_open()  # the only RuntimeError for a closed handler
         started = asyncio.get_running_loop().time()
@@ -282,20 +282,18 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     # steps do the same later, in the pool.  The sync and async twins below
     # differ only in how they wait; which step does what is decided by the route.
 
-    def _reserve(
-        self, plan: Plan, loop: Optional[asyncio.AbstractEventLoop]
-    ) -> Optional[Reservation]:
+    def _reserve(self, plan: Plan, loop: asyncio.AbstractEventLoop | None) -> Reservation | None:
         """Room in the pool for the body's background handlers, before anything is marked."""
         count = sum(1 for step in plan.steps if step.route is not None and step.route.background)
         return self._reserve_count(count, loop) if count else None
 
-    def _reserve_count(self, count: int, loop: Optional[asyncio.AbstractEventLoop]) -> Reservation:
+    def _reserve_count(self, count: int, loop: asyncio.AbstractEventLoop | None) -> Reservation:
         if loop is None:
             return self._thread_pool().reserve(count)
         return self._task_pool(loop).reserve(count)
 
     def _run_steps(
-        self, plan: Plan, ticket: BlockingTicket, reservation: Optional[Reservation]
+        self, plan: Plan, ticket: BlockingTicket, reservation: Reservation | None
     ) -> None:
         for index, step in enumerate(plan.steps):
             route = step.route
@@ -315,7 +313,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             reservation.cancel()  # room a re-routed step did not use
 
     def _run_step(
-        self, destination: Optional[str], ticket: BlockingTicket, index: int, step: Step
+        self, destination: str | None, ticket: BlockingTicket, index: int, step: Step
     ) -> None:
         route = step.route
         assert route is not None  # only steps with a handler get here
@@ -337,7 +335,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             )
 
     async def _arun_steps(
-        self, plan: Plan, ticket: Ticket, reservation: Optional[Reservation]
+        self, plan: Plan, ticket: Ticket, reservation: Reservation | None
     ) -> None:
         for index, step in enumerate(plan.steps):
             route = step.route
@@ -370,11 +368,11 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
 
     async def _arun_step(
         self,
-        destination: Optional[str],
+        destination: str | None,
         ticket: Ticket,
         index: int,
         step: Step,
-        executor: Optional[concurrent.futures.Executor],
+        executor: concurrent.futures.Executor | None,
     ) -> None:
         """One step on the loop; a sync handler runs in *executor* when one is given."""
         route = step.route
@@ -394,7 +392,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             if showing is not None:
                 showing.stop()
 
-    def _show(self, event: Any, seconds: int) -> Optional[Showing]:
+    def _show(self, event: Any, seconds: int) -> Showing | None:
         """From a handler's thread: the loading animation, on the background loop."""
         try:
             engine = self._markread_marker._background_engine()
@@ -402,7 +400,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             return None
         return self._markread_loader.begin(engine, event, seconds)
 
-    async def _ashow(self, event: Any, seconds: int) -> Optional[Showing]:
+    async def _ashow(self, event: Any, seconds: int) -> Showing | None:
         try:
             engine = self._markread_marker._engine()
         except RuntimeError:
@@ -431,7 +429,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
 
     # -- the loading animation, by hand --------------------------------------
 
-    def show_loading(self, event: Any, seconds: Union[bool, int] = True) -> bool:
+    def show_loading(self, event: Any, seconds: bool | int = True) -> bool:
         """Show the loading animation in *event*'s 1:1 chat now; whether LINE accepted it.
 
         For handlers that decide themselves (``loading=`` does it for every
@@ -446,7 +444,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             return False
         engine = self._markread_marker._background_engine()
         try:
-            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is engine.loop:
@@ -456,7 +454,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         coro = self._markread_loader.start(engine, user_id, seconds)
         return asyncio.run_coroutine_threadsafe(coro, engine.loop).result()
 
-    async def ashow_loading(self, event: Any, seconds: Union[bool, int] = True) -> bool:
+    async def ashow_loading(self, event: Any, seconds: bool | int = True) -> bool:
         """Async twin of ``show_loading``, on the running loop."""
         seconds = _manual_seconds(seconds)
         user_id = loading_user(event)
@@ -488,19 +486,19 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         """An immutable ``Stats`` snapshot of the counters (marks, loading, background)."""
         total = self._markread_marker.stats()
         with self._markread_pool_lock:
-            pools: list[Union[ThreadPool, TaskPool]] = list(self._markread_tasks.values())
+            pools: list[ThreadPool | TaskPool] = list(self._markread_tasks.values())
             if self._markread_threads is not None:
                 pools.append(self._markread_threads)
         for pool in pools:
             total += pool.stats()
         return total
 
-    def _detach_pools(self) -> tuple[Optional[ThreadPool], list[TaskPool]]:
+    def _detach_pools(self) -> tuple[ThreadPool | None, list[TaskPool]]:
         with self._markread_pool_lock:
             self._markread_closed = True
             return self._markread_threads, list(self._markread_tasks.values())
 
-    def close(self, grace: Optional[float] = None) -> None:
+    def close(self, grace: float | None = None) -> None:
         """Stop accepting, let background handlers finish, drain pending marks, release HTTP.
 
         Background handlers get up to ``background_grace`` s; what is left is
@@ -508,7 +506,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         up to *grace* (default ``close_grace``) s.
         """
         try:
-            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is not None and running in self._markread_tasks:
@@ -527,7 +525,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         self._markread_loader.stop_all()
         self._markread_marker.close(grace)
 
-    async def aclose(self, grace: Optional[float] = None) -> None:
+    async def aclose(self, grace: float | None = None) -> None:
         """Async twin of ``close()``."""
         threads, task_pools = self._detach_pools()
         background_grace = self._markread_marker.settings.background_grace
@@ -594,7 +592,7 @@ def _marking_class(base: type) -> type:
 def install(
     handler: linebot.v3.WebhookHandler,
     *,
-    access_token: Optional[str] = None,
+    access_token: str | None = None,
     configuration: Any = None,
     **options: Any,
 ) -> WebhookHandler:

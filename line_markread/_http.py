@@ -19,7 +19,6 @@ import email.utils
 import json
 import socket
 import time
-from typing import Optional
 
 import aiohttp
 import attrs
@@ -40,9 +39,9 @@ class ApiResponse:
     """What LINE answered to one attempt.  ``message`` is LINE's error text, if any."""
 
     status: int
-    request_id: Optional[str] = None
-    retry_after: Optional[float] = None
-    message: Optional[str] = None
+    request_id: str | None = None
+    retry_after: float | None = None
+    message: str | None = None
 
 
 _OK = ApiResponse(200)
@@ -100,7 +99,7 @@ def _clean_token(token: str) -> str:
     return stripped
 
 
-def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), or None.
 
     Garbage (``"²"``, ``"soon"``, ``"-1"``, a date that is not a date) reads as
@@ -131,8 +130,8 @@ class Transport:
         self._credentials = credentials
         self._connect_timeout = connect_timeout
         self._max_connections = max_connections
-        self._session: Optional[aiohttp.ClientSession] = None
-        self._limits: Optional[aiohttp.ClientTimeout] = None
+        self._session: aiohttp.ClientSession | None = None
+        self._limits: aiohttp.ClientTimeout | None = None
 
     def __repr__(self) -> str:
         return f"<Transport host={self._credentials.host!r}>"
@@ -214,12 +213,12 @@ async def _read_capped(stream: aiohttp.StreamReader) -> tuple[bytes, bool]:
     return b"".join(chunks), stream.at_eof()
 
 
-def _header(response: aiohttp.ClientResponse, name: str) -> Optional[str]:
+def _header(response: aiohttp.ClientResponse, name: str) -> str | None:
     value = response.headers.get(name)
     return None if value is None else server_text(value, limit=64)
 
 
-def _error_message(body: bytes, secret: Optional[str] = None) -> Optional[str]:
+def _error_message(body: bytes, secret: str | None = None) -> str | None:
     """LINE's ``message`` field from an error body, tolerating anything else, sanitised.
 
     Any body: not JSON, JSON nested 2,000 deep (``RecursionError``), a JSON

@@ -22,7 +22,7 @@ import logging
 import random
 import threading
 from collections.abc import Coroutine
-from typing import Any, Optional
+from typing import Any
 
 from ._engine import Engine
 from ._http import ApiResponse, TransportError
@@ -60,7 +60,7 @@ def validate_loading(value: object) -> int:
     return value
 
 
-def loading_user(event: Any) -> Optional[str]:
+def loading_user(event: Any) -> str | None:
     """The user ID of *event*'s chat if it is a 1:1 chat (the only kind LINE animates)."""
     source = getattr(event, "source", None)
     if getattr(source, "type", None) != "user":
@@ -77,10 +77,10 @@ class Showing:
     def __init__(self, loop: asyncio.AbstractEventLoop, *, threaded: bool) -> None:
         self.loop = loop
         self.stopped = False
-        self.task: Optional[asyncio.Task[None]] = None
+        self.task: asyncio.Task[None] | None = None
         self._in_flight = False
-        self._settled: Optional[threading.Event] = threading.Event() if threaded else None
-        self._future: Optional[asyncio.Future[None]] = None if threaded else loop.create_future()
+        self._settled: threading.Event | None = threading.Event() if threaded else None
+        self._future: asyncio.Future[None] | None = None if threaded else loop.create_future()
 
     def _launch(self, coro: Coroutine[Any, Any, None]) -> None:
         """On the loop: run the refresher (a no-op if stopped before it got here)."""
@@ -149,7 +149,7 @@ class Loader:
         """Start the animation once (retried at most once, briefly); whether LINE accepted it."""
         payload = json.dumps({"chatId": user_id, "loadingSeconds": seconds}).encode()
         guard = engine.guard
-        response: Optional[ApiResponse] = None
+        response: ApiResponse | None = None
         error = ""
         refund = 0
         for attempt in (1, 2):
@@ -193,7 +193,7 @@ class Loader:
         if recovered:
             log.info("line_markread: loading animation requests succeed again")
 
-    def _failed(self, user_id: str, response: Optional[ApiResponse], error: str) -> None:
+    def _failed(self, user_id: str, response: ApiResponse | None, error: str) -> None:
         with self._lock:
             self._counters.loading_failed += 1
             first, self._failing = not self._failing, True
@@ -250,7 +250,7 @@ class Loader:
             self._track(showing)
             showing.task.add_done_callback(lambda _: self._track(showing, task_done=True))
 
-    def begin(self, engine: Engine, event: Any, seconds: int) -> Optional[Showing]:
+    def begin(self, engine: Engine, event: Any, seconds: int) -> Showing | None:
         """From a handler's thread: start the animation on *engine*'s loop; ``None`` if skipped.
 
         Returns once LINE answered the first start, or after ``loading_wait``.
@@ -267,7 +267,7 @@ class Loader:
         showing.wait(self._settings.loading_wait)
         return showing
 
-    async def abegin(self, engine: Engine, event: Any, seconds: int) -> Optional[Showing]:
+    async def abegin(self, engine: Engine, event: Any, seconds: int) -> Showing | None:
         """``begin`` on the running loop (*engine*'s)."""
         user_id = loading_user(event)
         if user_id is None:

@@ -27,7 +27,7 @@ import selectors
 import threading
 import weakref
 from collections.abc import Coroutine
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -60,9 +60,9 @@ class LoopThread:
     def __init__(self, name: str = "line-markread") -> None:
         self._name = name
         self._lock = threading.Lock()
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._thread: Optional[threading.Thread] = None
-        self._selector: Optional[selectors.BaseSelector] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._selector: selectors.BaseSelector | None = None
         self._pid = 0
         self._closed = False
         _threads.add(self)

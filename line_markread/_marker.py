@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
 import attrs
 
@@ -48,15 +48,15 @@ stays bounded even then."""
 class BlockingTicket:
     """A body handed to the background loop: one future per event (``None``: nothing to mark)."""
 
-    futures: tuple[Optional[concurrent.futures.Future[Outcome]], ...]
+    futures: tuple[concurrent.futures.Future[Outcome] | None, ...]
     handed_at: float = 0.0
     """``time.monotonic()`` at the hand-over: the stall guard counts from it."""
 
 
 def _submit_for(
     engine: Engine,
-    targets: Sequence[Optional[ReadTarget]],
-    futures: tuple[Optional[concurrent.futures.Future[Outcome]], ...],
+    targets: Sequence[ReadTarget | None],
+    futures: tuple[concurrent.futures.Future[Outcome] | None, ...],
     handed_at: float,
     wait_timeout: float,
 ) -> None:
@@ -72,7 +72,7 @@ def _submit_for(
         log.exception("line_markread: could not start the marks of a webhook body")
         _resolve_all(futures, Outcome.FAILED)
         return
-    for waiter, future in zip(ticket.waiters, futures):
+    for waiter, future in zip(ticket.waiters, futures, strict=True):
         if waiter is not None and future is not None:
             done = waiter.done
             if done.done():  # already read, or the engine closed meanwhile
@@ -82,7 +82,7 @@ def _submit_for(
 
 
 def _resolve_all(
-    futures: Iterable[Optional[concurrent.futures.Future[Outcome]]], outcome: Outcome
+    futures: Iterable[concurrent.futures.Future[Outcome] | None], outcome: Outcome
 ) -> None:
     for future in futures:
         if future is not None and not future.done():
@@ -102,7 +102,7 @@ class Marker:
     def __init__(
         self,
         *,
-        access_token: Optional[str] = None,
+        access_token: str | None = None,
         configuration: Any = None,
         **options: Any,
     ) -> None:
@@ -151,7 +151,7 @@ class Marker:
 
     # -- events -> targets (pure) ----------------------------------------
 
-    def _target_of(self, event: Any) -> Union[ReadTarget, Skip]:
+    def _target_of(self, event: Any) -> ReadTarget | Skip:
         """How *event* (an SDK event or its webhook JSON) would be marked, or why it would not."""
         return read_target(
             raw_event(event), mode=self._settings.mode, mark_standby=self._settings.mark_standby
@@ -168,7 +168,7 @@ class Marker:
         Raises ``RuntimeError`` if the marker is closed.
         """
         self._check_open()
-        targets: list[Optional[ReadTarget]] = []
+        targets: list[ReadTarget | None] = []
         skipped = 0
         for event in events:
             target = self._target_of(event)
@@ -191,7 +191,7 @@ class Marker:
     # The handler's protocol, private: start every mark of a body, then wait per event.
 
     async def _asubmit(
-        self, targets: Sequence[Optional[ReadTarget]], *, skipped: int = 0, opted_out: int = 0
+        self, targets: Sequence[ReadTarget | None], *, skipped: int = 0, opted_out: int = 0
     ) -> Ticket:
         """Start marking *targets* on the running loop (``None``: nothing to mark).
 
@@ -208,7 +208,7 @@ class Marker:
             return self._failed_ticket(targets)
         return engine.submit(targets)
 
-    def _failed_ticket(self, targets: Sequence[Optional[ReadTarget]]) -> Ticket:
+    def _failed_ticket(self, targets: Sequence[ReadTarget | None]) -> Ticket:
         ticket, failed = failed_ticket(targets, asyncio.get_running_loop())
         self._count(failed=failed)
         return ticket
@@ -221,7 +221,7 @@ class Marker:
         return outcome
 
     def _submit(
-        self, targets: Sequence[Optional[ReadTarget]], *, skipped: int = 0, opted_out: int = 0
+        self, targets: Sequence[ReadTarget | None], *, skipped: int = 0, opted_out: int = 0
     ) -> BlockingTicket:
         """``_asubmit`` for threads: hands the body to the background loop without waiting.
 
@@ -235,7 +235,7 @@ class Marker:
         if self._thread.is_running_here():
             raise RuntimeError("line_markread: handle() called on the plugin's own loop thread")
         handed_at = time.monotonic()
-        futures: tuple[Optional[concurrent.futures.Future[Outcome]], ...] = tuple(
+        futures: tuple[concurrent.futures.Future[Outcome] | None, ...] = tuple(
             None if t is None else concurrent.futures.Future() for t in targets
         )
         try:
@@ -381,13 +381,13 @@ class Marker:
             self._engines.clear()
             return engines
 
-    def close(self, grace: Optional[float] = None) -> None:
+    def close(self, grace: float | None = None) -> None:
         """Drain pending marks for up to *grace* s (default ``close_grace``), then release HTTP.
 
         For synchronous code.  In async code use ``await aclose()``.
         """
         try:
-            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if (running is not None and running in self._engines) or self._thread.is_running_here():
@@ -414,7 +414,7 @@ class Marker:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def aclose(self, grace: Optional[float] = None) -> None:
+    async def aclose(self, grace: float | None = None) -> None:
         """Async twin of ``close()``: drains and releases without blocking the loop."""
         running = asyncio.get_running_loop()
         for engine in self._detach():
@@ -429,14 +429,14 @@ class Marker:
 
     # -- serverless mode (settle_before_return) ---------------------------
 
-    async def _asettle(self, targets: Sequence[Optional[ReadTarget]], deadline: float) -> None:
+    async def _asettle(self, targets: Sequence[ReadTarget | None], deadline: float) -> None:
         """Wait (until loop time *deadline*) for the marks of a body's chats, on this loop."""
         if any(targets):
             engine = self._engines.get(asyncio.get_running_loop())
             if engine is not None:
                 self._report_cut(await engine.settle(targets, deadline))
 
-    def _settle(self, targets: Sequence[Optional[ReadTarget]], deadline: float) -> None:
+    def _settle(self, targets: Sequence[ReadTarget | None], deadline: float) -> None:
         """Blocking twin of ``_asettle`` (*deadline* on the background loop: monotonic)."""
         if any(targets) and self._thread.is_started():
             engine = self._engines.get(self._thread.loop())

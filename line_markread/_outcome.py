@@ -7,7 +7,6 @@ the public ``__init__`` can all name these without importing each other.
 from __future__ import annotations
 
 import enum
-from typing import Optional
 
 import attrs
 
@@ -37,10 +36,10 @@ class MarkFailure:
     endpoint: str
     """The API path the mark went to: ``/v2/bot/chat/markAsRead`` (read token) or
     ``/v2/bot/message/markAsRead`` (user ID)."""
-    status: Optional[int]
+    status: int | None
     """LINE's HTTP status of the last attempt; ``None`` when it got no answer."""
     reason: str
     """LINE's error message, or what went wrong on the way."""
     attempts: int
-    request_id: Optional[str]
+    request_id: str | None
     """LINE's ``x-line-request-id`` of the last attempt, for LINE's support."""

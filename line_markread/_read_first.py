@@ -19,8 +19,8 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Awaitable
-from typing import Any, Callable, Optional, TypeVar, Union, cast, overload
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast, overload
 
 import attrs
 from linebot.v3.messaging import Configuration
@@ -45,13 +45,13 @@ class ReadFirst:
 
     func: Callable[..., Any]
     mark_as_read: MarkPolicy
-    marker: Optional[Marker] = attrs.field(default=None, repr=False)
+    marker: Marker | None = attrs.field(default=None, repr=False)
     configuration: Any = attrs.field(default=None, repr=False)
     loading: int = 0
     """Seconds of loading animation after the mark (0: none), as ``handler.add(loading=)``."""
 
 
-def options_of(func: Callable[..., Any]) -> Optional[ReadFirst]:
+def options_of(func: Callable[..., Any]) -> ReadFirst | None:
     """The ``read_first`` options of *func*, if it is a ``read_first`` wrapper."""
     options = getattr(func, ATTRIBUTE, None)
     return options if isinstance(options, ReadFirst) else None
@@ -145,7 +145,7 @@ def _wrap(options: ReadFirst) -> Callable[..., Any]:
     return wrapper
 
 
-def _event_and_destination(args: tuple[Any, ...]) -> tuple[Any, Optional[str]]:
+def _event_and_destination(args: tuple[Any, ...]) -> tuple[Any, str | None]:
     event = args[0] if args else None
     destination = args[1] if len(args) > 1 else None
     return event, destination
@@ -159,21 +159,21 @@ def read_first(func: F, /) -> F: ...
 def read_first(
     *,
     mark_as_read: MarkPolicy = True,
-    marker: Optional[Marker] = None,
+    marker: Marker | None = None,
     configuration: Any = None,
-    loading: Union[bool, int] = False,
+    loading: bool | int = False,
 ) -> Callable[[F], F]: ...
 
 
 def read_first(
-    func: Optional[F] = None,
+    func: F | None = None,
     /,
     *,
     mark_as_read: MarkPolicy = True,
-    marker: Optional[Marker] = None,
+    marker: Marker | None = None,
     configuration: Any = None,
-    loading: Union[bool, int] = False,
-) -> Union[F, Callable[[F], F]]:
+    loading: bool | int = False,
+) -> F | Callable[[F], F]:
     """Mark the decorated handler's message read, awaited, before it runs.
 
     Put it directly under ``@handler.add(...)``.  On the SDK's own

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import random
-from typing import Optional
 
 from ._http import ApiResponse
 from ._settings import Settings
@@ -63,7 +62,7 @@ class Verdict(enum.Enum):
     GIVE_UP = "give up"
 
 
-def classify(response: Optional[ApiResponse]) -> Verdict:
+def classify(response: ApiResponse | None) -> Verdict:
     """``None`` stands for no answer at all (timeout, connection error)."""
     if response is None:
         return Verdict.RETRY
@@ -76,11 +75,11 @@ def classify(response: Optional[ApiResponse]) -> Verdict:
 
 def next_delay(
     attempt: int,
-    response: Optional[ApiResponse],
+    response: ApiResponse | None,
     settings: Settings,
     rng: random.Random,
     time_left: float,
-) -> Optional[float]:
+) -> float | None:
     """Seconds to wait before attempt ``attempt + 1``, or ``None`` to give up.
 
     Exponential backoff with full jitter (AWS's "Exponential Backoff And

@@ -10,15 +10,13 @@ in that order, so that neither the engine nor ``check`` has its own variant.
 
 from __future__ import annotations
 
-from typing import Optional
-
 TEXT_LIMIT = 200
 """Characters of server-provided text kept (after escaping)."""
 
 REDACTED = "[REDACTED]"
 
 
-def server_text(text: str, secret: Optional[str] = None, limit: int = TEXT_LIMIT) -> str:
+def server_text(text: str, secret: str | None = None, limit: int = TEXT_LIMIT) -> str:
     """*text* made safe to log: *secret* redacted, control characters escaped, at most *limit*.
 
     The secret is redacted before the cut, so no prefix of it can survive at

@@ -9,7 +9,8 @@ handlers and the HTTP answer; retries carry on in the background.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -141,7 +142,7 @@ class Settings:
     An attempt may start during the grace only with a timeout that ends within
     it; none starts after it, so closing takes at most the grace plus a moment."""
 
-    on_failure: Optional[Callable[[MarkFailure], None]] = attrs.field(
+    on_failure: Callable[[MarkFailure], None] | None = attrs.field(
         default=None, validator=_optional_callable
     )
     """Called with a ``MarkFailure`` (no secrets in it) when a mark fails for good.
@@ -150,7 +151,7 @@ class Settings:
     ``CALLBACK_QUEUE`` (1,000) failures wait for it; beyond, they are counted
     in ``stats().callbacks_dropped`` and logged once."""
 
-    jitter_seed: Optional[int] = attrs.field(default=None)
+    jitter_seed: int | None = attrs.field(default=None)
     """Seed for the backoff jitter, for reproducible runs (demo, tests)."""
 
     settle_before_return: bool = attrs.field(default=False, validator=_bool)
@@ -201,7 +202,7 @@ class Settings:
     """How long ``close()``/``aclose()`` lets background handlers finish (under
     the 30 s most process managers give before they kill)."""
 
-    on_error: Optional[Callable[[BaseException, Any], None]] = attrs.field(
+    on_error: Callable[[BaseException, Any], None] | None = attrs.field(
         default=None, validator=_optional_callable
     )
     """Called with ``(exception, event)`` when a ``background=True`` handler raises

@@ -18,8 +18,8 @@ event shapes.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import linebot.v3.webhooks.models as sdk_models
 from linebot.v3.models.events import UnknownEvent
@@ -29,7 +29,7 @@ from pydantic.v1 import BaseModel, ConstrainedStr, StrictBool, StrictFloat, Stri
 from pydantic.v1.fields import SHAPE_LIST, SHAPE_SINGLETON
 
 Check = Callable[[Any], bool]
-Prediction = tuple[str, Optional[str]]
+Prediction = tuple[str, str | None]
 """The event class name and, for a ``MessageEvent``, the message content class name."""
 
 _MISSING = object()
@@ -38,10 +38,10 @@ _FROM_DICT, _INIT = "from_dict", "init"
 dispatch on ``type`` at each polymorphic level), or pydantic's constructor on
 plain dicts (``UnknownEvent.new_from_json_dict``)."""
 
-_specs: dict[tuple[type, str], Optional[tuple[tuple[str, str, bool, bool, Check], ...]]] = {}
+_specs: dict[tuple[type, str], tuple[tuple[str, str, bool, bool, Check], ...] | None] = {}
 
 
-def predict(raw: Mapping[str, Any]) -> Optional[Prediction]:
+def predict(raw: Mapping[str, Any]) -> Prediction | None:
     """The classes the SDK's ``WebhookParser`` makes of the event *raw*, or ``None`` if unsure."""
     try:
         name = Event.get_discriminator_value(raw)
@@ -114,7 +114,7 @@ def _valid_init(spec: tuple[tuple[str, str, bool, bool, Check], ...], obj: dict[
     return True
 
 
-def _spec(cls: type, mode: str) -> Optional[tuple[tuple[str, str, bool, bool, Check], ...]]:
+def _spec(cls: type, mode: str) -> tuple[tuple[str, str, bool, bool, Check], ...] | None:
     """Per field: its alias, name, whether required, whether None passes, and a value check."""
     if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
         return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import attrs
 
@@ -48,7 +48,7 @@ class ReadTarget:
     endpoint: Endpoint
     value: str = attrs.field(repr=False)
     timestamp: int
-    event_id: Optional[str] = attrs.field(default=None, eq=False)
+    event_id: str | None = attrs.field(default=None, eq=False)
     """The ``webhookEventId``: a redelivered event is recognised by it."""
 
     def payload(self) -> bytes:
@@ -72,7 +72,7 @@ def _nonempty_str(value: object) -> bool:
     return isinstance(value, str) and value != ""
 
 
-def _chat_of(source: object) -> Union[ChatId, None]:
+def _chat_of(source: object) -> ChatId | None:
     if not isinstance(source, Mapping):
         return None
     kind = source.get("type")
@@ -87,7 +87,7 @@ def _chat_of(source: object) -> Union[ChatId, None]:
 
 def read_target(  # noqa: PLR0911 - one early return per reason an event cannot be marked
     raw: Mapping[str, Any], *, mode: Mode, mark_standby: bool
-) -> Union[ReadTarget, Skip]:
+) -> ReadTarget | Skip:
     """Decide how to mark the event *raw* (webhook JSON), or why it cannot be."""
     if raw.get("type") != "message":
         return Skip.NOT_A_MESSAGE

@@ -16,8 +16,7 @@ The same names exist in ``line_markread.starlette`` (FastAPI, Starlette):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
-from typing import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 

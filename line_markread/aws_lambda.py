@@ -27,8 +27,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ._glue import CONTENT_TYPE, SIGNATURE_HEADER, Answer, respond
 from ._handler import WebhookHandler
@@ -88,7 +88,7 @@ def _answer(handler: WebhookHandler, event: Mapping[str, Any]) -> Answer:
     return respond(handler, raw, _header(event, SIGNATURE_HEADER))
 
 
-def _method(event: Mapping[str, Any]) -> Optional[str]:
+def _method(event: Mapping[str, Any]) -> str | None:
     """``httpMethod`` (REST v1) or ``requestContext.http.method`` (HTTP v2, Function URLs)."""
     method = event.get("httpMethod")
     if isinstance(method, str):
@@ -99,7 +99,7 @@ def _method(event: Mapping[str, Any]) -> Optional[str]:
     return method if isinstance(method, str) else None
 
 
-def _header(event: Mapping[str, Any], name: str) -> Optional[str]:
+def _header(event: Mapping[str, Any], name: str) -> str | None:
     """A header's value, any case; v1's ``multiValueHeaders`` when ``headers`` lacks it."""
     wanted = name.lower()
     for field in ("headers", "multiValueHeaders"):

@@ -21,8 +21,8 @@ still drains its pending marks at interpreter exit.  ``webhook_view`` and
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.urls import path as url_path

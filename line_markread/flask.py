@@ -19,7 +19,7 @@ and ``line_markread.starlette``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from flask import Flask, request
 

@@ -20,8 +20,8 @@ The same names exist in ``line_markread.aiohttp``: ``webhook_view``,
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, Callable, Optional, Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -59,7 +59,7 @@ def webhook_route(handler: WebhookHandler, path: str = "/callback") -> Route:
     return Route(path, webhook_view(handler), methods=["POST"], name="line_webhook")
 
 
-def lifespan(closable: AsyncClosable, inner: Optional[Lifespan[AppT]] = None) -> Lifespan[AppT]:
+def lifespan(closable: AsyncClosable, inner: Lifespan[AppT] | None = None) -> Lifespan[AppT]:
     """A lifespan that closes *closable* on shutdown: ``FastAPI(lifespan=lifespan(handler))``.
 
     On shutdown pending marks are drained (up to ``close_grace``) and the

@@ -15,8 +15,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import Callable, Optional
+from collections.abc import Callable, Iterator
 
 import attrs
 
@@ -118,7 +117,7 @@ def _quietly_close(conn: socket.socket) -> None:
     conn.close()
 
 
-def _read_request(conn: socket.socket, buffer: bytes) -> tuple[Optional[RawRequest], bytes]:
+def _read_request(conn: socket.socket, buffer: bytes) -> tuple[RawRequest | None, bytes]:
     while b"\r\n\r\n" not in buffer:
         chunk = conn.recv(65536)
         if not chunk:
@@ -148,7 +147,7 @@ def http_response(
     status: int,
     body: bytes = b"",
     *,
-    headers: Optional[dict[str, str]] = None,
+    headers: dict[str, str] | None = None,
     reason: str = "X",
 ) -> bytes:
     lines = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}"]
@@ -162,7 +161,7 @@ def send(conn: socket.socket, server: RawServer, data: bytes) -> None:
     server.wrote(len(data))
 
 
-def answer_with(*responses: bytes, then: Optional[bytes] = None) -> Respond:
+def answer_with(*responses: bytes, then: bytes | None = None) -> Respond:
     """Answer requests with *responses* in order, then with *then* (``200 {}`` by default)."""
     queue: Iterator[bytes] = iter(responses)
     final = http_response(200, b"{}") if then is None else then

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 from linebot.v3.webhooks import MessageEvent, TextMessageContent
 
@@ -65,10 +66,10 @@ class Driver:
 
     name = ""
 
-    def handle(self, handler: WebhookHandler, body: Union[str, bytes], signature: str) -> None:
+    def handle(self, handler: WebhookHandler, body: str | bytes, signature: str) -> None:
         raise NotImplementedError
 
-    def close(self, handler: WebhookHandler, grace: Union[float, None] = None) -> None:
+    def close(self, handler: WebhookHandler, grace: float | None = None) -> None:
         raise NotImplementedError
 
     def finish(self) -> None:
@@ -78,10 +79,10 @@ class Driver:
 class SyncDriver(Driver):
     name = "sync"
 
-    def handle(self, handler: WebhookHandler, body: Union[str, bytes], signature: str) -> None:
+    def handle(self, handler: WebhookHandler, body: str | bytes, signature: str) -> None:
         handler.handle(body, signature)
 
-    def close(self, handler: WebhookHandler, grace: Union[float, None] = None) -> None:
+    def close(self, handler: WebhookHandler, grace: float | None = None) -> None:
         handler.close(grace)
 
 
@@ -98,10 +99,10 @@ class AsyncDriver(Driver):
     def run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
-    def handle(self, handler: WebhookHandler, body: Union[str, bytes], signature: str) -> None:
+    def handle(self, handler: WebhookHandler, body: str | bytes, signature: str) -> None:
         self.run(handler.handle_async(body, signature))
 
-    def close(self, handler: WebhookHandler, grace: Union[float, None] = None) -> None:
+    def close(self, handler: WebhookHandler, grace: float | None = None) -> None:
         self.run(handler.aclose(grace))
 
     def finish(self) -> None:
@@ -113,8 +114,8 @@ class AsyncDriver(Driver):
 def with_text_handler(
     handler: WebhookHandler,
     *,
-    started: Optional[dict[str, float]] = None,
-    ran: Optional[list[str]] = None,
+    started: dict[str, float] | None = None,
+    ran: list[str] | None = None,
 ) -> WebhookHandler:
     """Register a text handler noting when it started (by read token) and what it saw."""
 

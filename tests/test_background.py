@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import threading
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from linebot.v3.webhooks import MessageEvent, TextMessageContent
@@ -194,7 +196,7 @@ def test_one_chat_runs_one_at_a_time_in_arrival_order_while_other_chats_run_in_p
     journal.wait_for(5)
     a_runs = [(journal.when("start", t), journal.when("end", t)) for t in ("a1", "a2", "a3", "a4")]
     assert [t for t in journal.order("start") if t.startswith("a")] == ["a1", "a2", "a3", "a4"]
-    for (_, end), (start, _) in zip(a_runs, a_runs[1:]):
+    for (_, end), (start, _) in itertools.pairwise(a_runs):
         assert end <= start, "two handlers of one chat overlapped"
     assert journal.when("start", "b1") < journal.when("end", "a1")
 

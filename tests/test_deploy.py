@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Iterator
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
 import pytest
@@ -360,7 +360,7 @@ urlpatterns: list[Any] = []
 """This module is the test URLconf: each test puts its route here."""
 
 
-def _django_post(body: Optional[str], headers: dict[str, str], *, method: str = "post") -> Any:
+def _django_post(body: str | None, headers: dict[str, str], *, method: str = "post") -> Any:
     from django.test import Client  # noqa: PLC0415  # needs settings
 
     client = Client(enforce_csrf_checks=True)
@@ -480,7 +480,7 @@ def test_a_webhooks_trace_contains_its_marks_http_spans(
     ]
     assert len(roots) == 2
     assert len(marks) == 2, [(s.name, s.attributes) for s in spans]
-    for root, mark in zip(roots, marks):
+    for root, mark in zip(roots, marks, strict=True):
         assert root.context is not None
         assert mark.context is not None
         assert mark.context.trace_id == root.context.trace_id  # one trace per webhook

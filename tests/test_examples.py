@@ -30,7 +30,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 import pytest
 
@@ -67,7 +67,7 @@ STOP_TIMEOUT = 20.0
 REQUEST_TIMEOUT = 15.0
 
 
-def _pump(stream: IO[str], *sinks: queue.Queue[Optional[str]]) -> None:
+def _pump(stream: IO[str], *sinks: queue.Queue[str | None]) -> None:
     for line in stream:
         for sink in sinks:
             sink.put(line)
@@ -84,8 +84,8 @@ class Bot:
         platform: FakeLinePlatform,
         *,
         port_from_env: bool,
-        env: Optional[Mapping[str, str]] = None,
-        command: Optional[list[str]] = None,
+        env: Mapping[str, str] | None = None,
+        command: list[str] | None = None,
         ready: re.Pattern[str] = READY,
     ) -> None:
         """*command* replaces ``python examples/NAME.py``; *ready* (on stdout or
@@ -116,8 +116,8 @@ class Bot:
         assert self.process.stdout is not None
         assert self.process.stderr is not None
         # One queue of (stream, line) for readiness, one of stderr for the verdict.
-        self._output: queue.Queue[Optional[str]] = queue.Queue()
-        self._stderr: queue.Queue[Optional[str]] = queue.Queue()
+        self._output: queue.Queue[str | None] = queue.Queue()
+        self._stderr: queue.Queue[str | None] = queue.Queue()
         self._pumps = [
             threading.Thread(target=_pump, args=(self.process.stdout, self._output), daemon=True),
             threading.Thread(
@@ -316,7 +316,7 @@ def test_50_concurrent_webhooks_from_many_chats_end_marked_with_their_newest_tok
     bot: Bot, line: FakeLinePlatform, webhooks: WebhookFactory
 ) -> None:
     # (user, group, room): 4 user chats, 3 groups, 3 rooms.
-    chats: list[tuple[str, Optional[str], Optional[str]]] = [
+    chats: list[tuple[str, str | None, str | None]] = [
         (_chat_id("U"), _chat_id("C") if n in (4, 5, 6) else None, _chat_id("R") if n > 6 else None)
         for n in range(10)
     ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import itertools
 import json
 import urllib.error
 import urllib.request
@@ -590,7 +591,7 @@ async def test_records_are_ordered_and_timed(
     for record in records:
         assert record.responded_at is not None
         assert record.received_at <= record.responded_at
-    assert all(a.received_at <= b.received_at for a, b in zip(records, records[1:]))
+    assert all(a.received_at <= b.received_at for a, b in itertools.pairwise(records))
     assert len({r.request_id for r in records}) == 5
 
 

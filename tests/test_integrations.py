@@ -13,8 +13,8 @@ import contextlib
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Coroutine, Iterator, MutableMapping
-from typing import Any, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, MutableMapping
+from typing import Any
 
 import pytest
 from aiohttp import web

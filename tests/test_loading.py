@@ -7,7 +7,8 @@ import json
 import logging
 import time
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import linebot.v3
 import pytest

@@ -21,7 +21,7 @@ import itertools
 import json
 import threading
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -59,7 +59,7 @@ from line_markread.testing import (
 from .support import SECRET, AsyncDriver, Driver, SyncDriver
 
 
-def _base_events() -> list[tuple[dict[str, Any], tuple[str, Optional[str]]]]:
+def _base_events() -> list[tuple[dict[str, Any], tuple[str, str | None]]]:
     """One event of each shape a bot meets, with the classes the SDK makes of it."""
     emoji = {"index": 0, "length": 6, "productId": "p", "emojiId": "e"}
     mention = {"mentionees": [{"index": 0, "length": 4, "type": "user", "userId": "U1"}]}
@@ -94,12 +94,12 @@ def _base_events() -> list[tuple[dict[str, Any], tuple[str, Optional[str]]]]:
 BASE = _base_events()
 
 
-def _classes(model: Any) -> tuple[str, Optional[str]]:
+def _classes(model: Any) -> tuple[str, str | None]:
     message = type(model.message).__name__ if isinstance(model, MessageEvent) else None
     return type(model).__name__, message
 
 
-def _sdk_parse(raw: dict[str, Any]) -> Optional[tuple[str, Optional[str]]]:
+def _sdk_parse(raw: dict[str, Any]) -> tuple[str, str | None] | None:
     """The SDK's own WebhookParser on a body of *raw*; None if it raises."""
     body = json.dumps({"destination": "Ubot", "events": [raw]})
     try:
@@ -113,7 +113,7 @@ def _sdk_parse(raw: dict[str, Any]) -> Optional[tuple[str, Optional[str]]]:
     ("raw", "expected"), BASE, ids=[e[1][0] + str(i) for i, e in enumerate(BASE)]
 )
 def test_every_common_shape_is_predicted_as_the_sdk_parses_it(
-    raw: dict[str, Any], expected: tuple[str, Optional[str]]
+    raw: dict[str, Any], expected: tuple[str, str | None]
 ) -> None:
     assert _sdk_parse(raw) == expected
     assert _classes(build_event(raw)) == expected
@@ -235,7 +235,7 @@ def test_every_single_mutation_is_predicted_soundly() -> None:
     assert predicted > 100  # the fast path covers harmless changes (extra or optional fields)
 
 
-def _reference(raw: dict[str, Any]) -> Optional[tuple[str, Optional[str]]]:
+def _reference(raw: dict[str, Any]) -> tuple[str, str | None] | None:
     """The classes the plugin's SDK-model path makes of *raw* (None: it rejects the body)."""
     try:
         return _classes(build_event(raw))
@@ -269,7 +269,7 @@ POLICIES: dict[str, Any] = {
     "UnknownEvent": lambda event: event.type != "hologram",
     "FollowEvent": True,
 }
-KEY_CLASSES: dict[str, tuple[type, Optional[type]]] = {
+KEY_CLASSES: dict[str, tuple[type, type | None]] = {
     "MessageEvent_TextMessageContent": (MessageEvent, TextMessageContent),
     "MessageEvent_StickerMessageContent": (MessageEvent, StickerMessageContent),
     "MessageEvent_ImageMessageContent": (MessageEvent, ImageMessageContent),
@@ -287,7 +287,7 @@ def _fresh_tokens(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def _expected(events: list[dict[str, Any]]) -> Optional[tuple[list[Any], set[bytes]]]:
+def _expected(events: list[dict[str, Any]]) -> tuple[list[Any], set[bytes]] | None:
     """The plan made the old way (every SDK model first): handler calls and allowed payloads."""
     settings_ = Settings()
     try:
@@ -297,7 +297,7 @@ def _expected(events: list[dict[str, Any]]) -> Optional[tuple[list[Any], set[byt
     routes = {key: Route.of(_recorder(key), policy) for key, policy in POLICIES.items()}
     default = Route.of(_recorder("default"), "nowait")
     calls, payloads = [], set()
-    for raw, model in zip(events, models):
+    for raw, model in zip(events, models, strict=True):
         route = find_route(routes, default, model)
         assert route is not None
         calls.append((route.func.__name__, _classes(model)))
@@ -314,7 +314,7 @@ def _keeper(seen: list[Any]) -> Any:
     return keep
 
 
-def _recorder(name: str, seen: Optional[list[Any]] = None) -> Any:
+def _recorder(name: str, seen: list[Any] | None = None) -> Any:
     def record(event: Any) -> None:
         if seen is not None:
             seen.append((name, _classes(event), event))
@@ -365,7 +365,7 @@ def test_handlers_and_requests_match_the_sdk_parsed_plan(
         driver.finish()
     calls, allowed = expected
     assert [(name, classes) for name, classes, _ in seen] == calls
-    for (_, _, model), raw in zip(seen, events):
+    for (_, _, model), raw in zip(seen, events, strict=True):
         assert model == build_event(raw)  # the SDK's own model, equal field by field
     sent = {record.raw_body for record in platform.mark_requests()}
     assert sent <= allowed

@@ -30,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -96,7 +96,7 @@ class Scenario:
     def messages(self) -> list[Msg]:
         return [m for body in self.bodies for m in body]
 
-    def script(self) -> list[Union[int, Fault]]:
+    def script(self) -> list[int | Fault]:
         return [Fault.hang() if f == "hang" else int(f) for f in self.faults]
 
 
@@ -110,7 +110,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     new_wave = draw(st.lists(st.booleans(), min_size=len(raw), max_size=len(raw)))
     bodies: list[tuple[Msg, ...]] = []
     waves: list[list[int]] = []
-    for index, (events, fresh) in enumerate(zip(raw, new_wave)):
+    for index, (events, fresh) in enumerate(zip(raw, new_wave, strict=True)):
         if fresh or not waves:
             waves.append([])
         waves[-1].append(index)
@@ -138,7 +138,7 @@ class Posted:
     """One request the engine started, or one 200 it got, in the order the engine saw them."""
 
     token: str
-    status: Optional[int]
+    status: int | None
     """``None`` for the request itself; 200 for the answer that marked the chat."""
     answer: bool
 

@@ -36,7 +36,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import pytest
 from linebot.v3.webhooks import MessageEvent, TextMessageContent
@@ -109,7 +109,7 @@ class Plan:
 
     messages: list[Message] = field(default_factory=list)
     phases: list[list[list[Body]]] = field(default_factory=list)
-    faults: list[Union[int, Fault]] = field(default_factory=list)
+    faults: list[int | Fault] = field(default_factory=list)
 
     @classmethod
     def build(cls, size: Size, seed: int) -> Plan:
@@ -266,7 +266,7 @@ def check(
     # Each opted-in handler started after LINE answered 200 for its token or a newer one
     # of its chat, unless released by wait_timeout or by a failure reported for its chat.
     answered: dict[int, list[tuple[float, int]]] = defaultdict(list)
-    for request, token in zip(requests, tokens_of):
+    for request, token in zip(requests, tokens_of, strict=True):
         if request.status == 200 and request.responded_at is not None and token:
             _, chat, seq = token.split("-")
             answered[int(chat)].append((request.responded_at, int(seq)))
@@ -286,8 +286,8 @@ def check(
     #     RETRY_COST * (retries - successes after retries) <= capacity + first-try successes
     # Counted from the platform's records (a token is one mark here: every token is sent
     # by one job), which can only over-count successes, never under-count them.
-    attempts: dict[str, list[Union[int, None]]] = defaultdict(list)
-    for request, token in zip(requests, tokens_of):
+    attempts: dict[str, list[int | None]] = defaultdict(list)
+    for request, token in zip(requests, tokens_of, strict=True):
         if token:
             attempts[token].append(request.status)
     first_try = sum(tries == [200] for tries in attempts.values())

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import itertools
 import json
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from linebot.v3.exceptions import InvalidSignatureError
@@ -167,7 +169,7 @@ def test_default_timestamps_strictly_increase() -> None:
     ]
     stamps = [builders[i % len(builders)]()["timestamp"] for i in range(600)]
 
-    assert all(a < b for a, b in zip(stamps, stamps[1:]))
+    assert all(a < b for a, b in itertools.pairwise(stamps))
 
 
 def test_without_token() -> None:

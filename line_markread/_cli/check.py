@@ -21,7 +21,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from typing import Any, Optional, TextIO
+from typing import Any, TextIO
 
 import attrs
 
@@ -71,10 +71,10 @@ class Report:
     host: str
     message: str
     advice: str = ""
-    http_status: Optional[int] = None
-    request_id: Optional[str] = None
+    http_status: int | None = None
+    request_id: str | None = None
     """LINE's ``x-line-request-id``: what LINE's support asks for."""
-    bot: Optional[Mapping[str, str]] = None
+    bot: Mapping[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         record = attrs.asdict(self)
@@ -93,7 +93,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def fetch_bot_info(host: str, token: str, timeout: float) -> tuple[int, Optional[str], bytes]:
+def fetch_bot_info(host: str, token: str, timeout: float) -> tuple[int, str | None, bytes]:
     """``GET {host}/v2/bot/info``: (status, x-line-request-id, body).  Raises ``OSError``."""
     request = urllib.request.Request(
         host + BOT_INFO_PATH,
@@ -114,7 +114,7 @@ def fetch_bot_info(host: str, token: str, timeout: float) -> tuple[int, Optional
             error.close()
 
 
-def fetch_within(host: str, token: str, timeout: float) -> tuple[int, Optional[str], bytes]:
+def fetch_within(host: str, token: str, timeout: float) -> tuple[int, str | None, bytes]:
     """``fetch_bot_info`` with *timeout* for the whole exchange, not per socket read.
 
     urllib's timeout applies to each blocking call: a server trickling its
@@ -137,11 +137,11 @@ def fetch_within(host: str, token: str, timeout: float) -> tuple[int, Optional[s
         raise TimeoutError(f"no complete answer within {timeout:.0f} s")
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
-    result: tuple[int, Optional[str], bytes] = outcome[0]
+    result: tuple[int, str | None, bytes] = outcome[0]
     return result
 
 
-def inspect_account(token: Optional[str], host: str, timeout: float = TIMEOUT) -> Report:
+def inspect_account(token: str | None, host: str, timeout: float = TIMEOUT) -> Report:
     """Ask LINE about the account behind *token* and say what it means for the plugin.
 
     *timeout* bounds the whole command (connecting, TLS, the answer's last
@@ -177,7 +177,7 @@ def inspect_account(token: Optional[str], host: str, timeout: float = TIMEOUT) -
     return interpret(host, status, request_id, body, token)
 
 
-def _usage_problem(token: Optional[str], host: str) -> Optional[tuple[str, str, str]]:
+def _usage_problem(token: str | None, host: str) -> tuple[str, str, str] | None:
     if not token:
         return (
             "missing-token",
@@ -197,7 +197,7 @@ def _reason(error: OSError) -> str:
 
 
 def interpret(
-    host: str, status: int, request_id: Optional[str], body: bytes, token: Optional[str] = None
+    host: str, status: int, request_id: str | None, body: bytes, token: str | None = None
 ) -> Report:
     """Turn LINE's answer into an outcome, an exit status and advice.
 
@@ -261,7 +261,7 @@ _UNKNOWN: Mapping[str, Any] = {
 }
 
 
-def _json_object(body: bytes) -> Optional[dict[str, Any]]:
+def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
@@ -269,7 +269,7 @@ def _json_object(body: bytes) -> Optional[dict[str, Any]]:
     return document if isinstance(document, dict) else None
 
 
-def _line_message(body: bytes, token: Optional[str] = None) -> str:
+def _line_message(body: bytes, token: str | None = None) -> str:
     """LINE's error ``message``, or the start of whatever else came back, sanitised."""
     document = _json_object(body)
     if document is not None and isinstance(document.get("message"), str):
@@ -298,18 +298,18 @@ def render(report: Report) -> list[str]:
     return lines
 
 
-def _scrub(text: str, token: Optional[str]) -> str:
+def _scrub(text: str, token: str | None) -> str:
     """Belt and braces: no path above prints the token, and this makes sure of it."""
     return text.replace(token, "[REDACTED]") if token else text
 
 
 def run(
     *,
-    access_token: Optional[str],
+    access_token: str | None,
     host: str = DEFAULT_HOST,
     as_json: bool = False,
-    out: Optional[TextIO] = None,
-    err: Optional[TextIO] = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """The ``check`` command: report on stdout (problems on stderr), return the exit status."""
     token = access_token if access_token is not None else os.environ.get(TOKEN_ENV)

@@ -8,7 +8,7 @@ fixtures on them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 
@@ -35,14 +35,14 @@ ChatKey = tuple[str, str]
 @attrs.frozen
 class _Message:
     chat: ChatKey
-    user_id: Optional[str]
+    user_id: str | None
     order: tuple[int, int]
-    token: Optional[str]
-    reply_token: Optional[str]
+    token: str | None
+    reply_token: str | None
     label: str
 
 
-def _chat(source: Mapping[str, Any]) -> Optional[ChatKey]:
+def _chat(source: Mapping[str, Any]) -> ChatKey | None:
     for kind, key in (("group", "groupId"), ("room", "roomId"), ("user", "userId")):
         if source.get("type") == kind and isinstance(source.get(key), str):
             return kind, source[key]
@@ -95,7 +95,7 @@ def assert_marked_before_replied(
     platform: FakeLinePlatform,
     events: Iterable[Event],
     *,
-    replies: Optional[int] = None,
+    replies: int | None = None,
     timeout: float = 5.0,
 ) -> None:
     """Assert that every reply to one of *events* came after LINE had marked it read.
@@ -147,7 +147,7 @@ def assert_loading_before_replied(
     platform: FakeLinePlatform,
     events: Iterable[Event],
     *,
-    replies: Optional[int] = None,
+    replies: int | None = None,
     timeout: float = 5.0,
 ) -> None:
     """Assert read, then the loading animation, then the reply, for every reply in a 1:1 chat.

@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import threading
 from collections import Counter
-from collections.abc import Mapping
-from typing import Callable, Literal
+from collections.abc import Callable, Mapping
+from typing import Literal
 
 import attrs
 

@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 
@@ -387,13 +387,13 @@ class WebhookFactory:
         return sign(body, self.channel_secret)
 
     def assert_marked_before_replied(
-        self, platform: FakeLinePlatform, *, replies: Optional[int] = None, timeout: float = 5.0
+        self, platform: FakeLinePlatform, *, replies: int | None = None, timeout: float = 5.0
     ) -> None:
         """``assert_marked_before_replied`` over every event this factory signed."""
         assert_marked_before_replied(platform, self.events, replies=replies, timeout=timeout)
 
     def assert_loading_before_replied(
-        self, platform: FakeLinePlatform, *, replies: Optional[int] = None, timeout: float = 5.0
+        self, platform: FakeLinePlatform, *, replies: int | None = None, timeout: float = 5.0
     ) -> None:
         """``assert_loading_before_replied`` over every event this factory signed."""
         assert_loading_before_replied(platform, self.events, replies=replies, timeout=timeout)

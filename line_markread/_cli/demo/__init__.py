@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import Optional, TextIO
+from typing import TextIO
 
 from ...testing import FakeLinePlatform
 from .output import Style, render, write_json
@@ -54,7 +54,7 @@ async def play(seed: int) -> Result:
     return judge(tuple(cast.messages), timeline.sorted(), bot.handler.stats(), seed, elapsed_ms)
 
 
-def run(*, seed: int, as_json: bool = False, out: Optional[TextIO] = None) -> int:
+def run(*, seed: int, as_json: bool = False, out: TextIO | None = None) -> int:
     """Play the demo; 0 if every guarantee held, 1 otherwise."""
     out = sys.stdout if out is None else out
     result = asyncio.run(play(seed))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from typing import Callable, TextIO
+from collections.abc import Callable, Mapping
+from typing import TextIO
 
 import attrs
 

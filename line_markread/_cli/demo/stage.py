@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -64,8 +64,8 @@ class DemoBot:
         )
         self._register_handlers()
         self._view = webhook_view(self.handler)
-        self._session: Optional[aiohttp.ClientSession] = None
-        self._runner: Optional[web.AppRunner] = None
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
 
     def _register_handlers(self) -> None:
         # Closures, not bound methods: the SDK counts ``self`` among a handler's parameters.

@@ -14,8 +14,8 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -75,10 +75,10 @@ class Entry:
     mark-marked, mark-failed, handler, handler-done, loading, reply, webhook-answered."""
     source: str
     """Which witness saw it: ``demo``, ``bot``, ``plugin`` (the trace) or ``line`` (the fake)."""
-    message: Optional[str] = None
-    status: Optional[int] = None
-    attempt: Optional[int] = None
-    delay_ms: Optional[float] = None
+    message: str | None = None
+    status: int | None = None
+    attempt: int | None = None
+    delay_ms: float | None = None
     detail: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -160,7 +160,7 @@ class Cast:
             self._by_key[key] = message
         return event
 
-    def find(self, key: object) -> Optional[Message]:
+    def find(self, key: object) -> Message | None:
         """The message whose read token, reply token or message ID is *key*."""
         return self._by_key.get(key) if isinstance(key, str) else None
 
@@ -182,7 +182,7 @@ class Timeline:
         self._changed = asyncio.Event()
 
     def add(
-        self, what: str, chat: str, source: str, *, at: Optional[float] = None, **fields: Any
+        self, what: str, chat: str, source: str, *, at: float | None = None, **fields: Any
     ) -> None:
         at = time.monotonic() if at is None else at
         self.entries.append(Entry((at - self.started) * 1000, chat, what, source, **fields))

@@ -8,8 +8,9 @@ evidence, not decoration.  Nothing here does I/O.
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
-from typing import Any, Callable, Optional
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 
@@ -72,7 +73,7 @@ class Evidence:
     entries: tuple[Entry, ...]
     stats: Stats
 
-    def of(self, what: str, label: Optional[str] = None, chat: Optional[str] = None) -> list[Entry]:
+    def of(self, what: str, label: str | None = None, chat: str | None = None) -> list[Entry]:
         return [
             e
             for e in self.entries
@@ -81,10 +82,10 @@ class Evidence:
             and (chat is None or e.chat == chat)
         ]
 
-    def index(self, label: Optional[str]) -> int:
+    def index(self, label: str | None) -> int:
         return next((m.index for m in self.messages if m.label == label), 0)
 
-    def statuses(self, label: str) -> list[Optional[int]]:
+    def statuses(self, label: str) -> list[int | None]:
         return [e.status for e in self.of("line-answered", label)]
 
     def expecting(self, expect: str) -> list[Message]:
@@ -228,11 +229,11 @@ def _slow(ev: Evidence) -> list[Message]:
     return [m for m in ev.messages if m.thinking > 0]
 
 
-def _first(entries: Sequence[Entry]) -> Optional[Entry]:
+def _first(entries: Sequence[Entry]) -> Entry | None:
     return entries[0] if entries else None
 
 
-def _read_at(ev: Evidence, message: Message) -> Optional[float]:
+def _read_at(ev: Evidence, message: Message) -> float | None:
     """When LINE first answered 200 for *message* or a newer message of its chat."""
     return next(
         (
@@ -312,7 +313,7 @@ def check_chat_order(ev: Evidence) -> Check:
     checked = 0
     for chat in {m.chat for m in _slow(ev)}:
         labels = [m.label for m in ev.messages if m.chat == chat and m.thinking > 0]
-        for earlier, later in zip(labels, labels[1:]):
+        for earlier, later in itertools.pairwise(labels):
             done = _first(ev.of("handler-done", earlier))
             start = _first(ev.of("handler", later))
             checked += 1
