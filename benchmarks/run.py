@@ -579,7 +579,7 @@ def scenario_parallel(bench: Bench) -> dict[str, Any]:
     )
     result["notes"].append(
         "plugin-async[max_concurrency=128] is a diagnostic run: default options "
-        "except max_concurrency (32 by default)"
+        "except max_concurrency (100 by default)"
     )
     bench.platform.set_latency(latency / 1000)
     options = {"plugin-async[max_concurrency=128]": {"max_concurrency": 128}}
