@@ -148,10 +148,6 @@ class Engine:
         """How many chats' state is held in memory (bounded by ``max_tracked_chats``)."""
         return len(self._chats)
 
-    def live_marks(self) -> int:
-        """Marks in progress (one task each): at most ``max_tracked_chats`` plus those in flight."""
-        return len(self._jobs)
-
     # -- submitting -------------------------------------------------------
 
     def submit(

@@ -26,12 +26,6 @@ SIGNATURE_HEADER = "X-Line-Signature"
 CONTENT_TYPE = "text/plain; charset=utf-8"
 
 
-class Closable(Protocol):
-    """A ``WebhookHandler`` or a ``Marker``: anything with ``close()``."""
-
-    def close(self) -> None: ...
-
-
 class AsyncClosable(Protocol):
     """A ``WebhookHandler`` or a ``Marker``: anything with ``await aclose()``."""
 
