@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"seed of the retry jitter, for reproducible runs (default: {DEFAULT_SEED})",
     )
+    demo.add_argument(
+        "--html",
+        metavar="PATH",
+        help="also write the run as one self-contained HTML page (chat views, a sequence "
+        "diagram per scene, the guarantees) to PATH",
+    )
 
     check = commands.add_parser(
         "check",
@@ -133,7 +139,7 @@ def _silence_stdout() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        return _demo(as_json=args.json, seed=args.seed)
+        return _demo(as_json=args.json, seed=args.seed, html_path=args.html)
     from .check import run  # noqa: PLC0415  # loaded only for this command
 
     return int(
@@ -147,11 +153,11 @@ def _run(args: argparse.Namespace) -> int:
     )
 
 
-def _demo(*, as_json: bool, seed: int) -> int:
+def _demo(*, as_json: bool, seed: int, html_path: str | None) -> int:
     from .demo import run  # noqa: PLC0415  # aiohttp and the SDK load only when needed
 
     try:
-        return run(as_json=as_json, seed=seed)
+        return run(as_json=as_json, seed=seed, html_path=html_path)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
