@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,7 +25,12 @@ from line_markread import WebhookHandler
 from line_markread._cli import main
 from line_markread._cli.check import Exit
 from line_markread.aiohttp import webhook_view
-from line_markread.testing import WEBHOOK_ENDPOINT_PATH, FakeLinePlatform, Fault
+from line_markread.testing import (
+    WEBHOOK_ENDPOINT_PATH,
+    WEBHOOK_TEST_PATH,
+    FakeLinePlatform,
+    Fault,
+)
 
 TOKEN = "tok-Distinctive-7c1e0b9f4a-do-not-print"
 BOT_INFO = "/v2/bot/info"
@@ -483,3 +490,41 @@ def test_legacy_user_id_api_gets_a_warning(
     plain_code, plain_out, _ = check(capsys, "--host", fake.url, "--access-token", TOKEN)
     assert plain_code == code
     assert "October 2026" not in plain_out
+
+
+def test_the_fakes_webhook_answers_have_the_shapes_the_sdk_parses(
+    fake: FakeLinePlatform,
+) -> None:
+    from linebot.v3.messaging import (  # noqa: PLC0415  # the SDK's own models judge the shape
+        GetWebhookEndpointResponse,
+        TestWebhookEndpointResponse,
+    )
+
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    with Bot(fake) as url:
+        fake.set_webhook_endpoint(url, channel_secret=SECRET)
+        endpoint = _call(fake.url + WEBHOOK_ENDPOINT_PATH, headers)
+        tested = _call(fake.url + WEBHOOK_TEST_PATH, headers, b"{}")
+        elsewhere = _call(
+            fake.url + WEBHOOK_TEST_PATH,
+            headers,
+            json.dumps({"endpoint": closed_port_url() + "/x"}).encode(),
+        )
+    unauthorized = _call(fake.url + WEBHOOK_TEST_PATH, {}, b"{}")
+
+    assert GetWebhookEndpointResponse.from_json(endpoint[1]).endpoint == url
+    test = TestWebhookEndpointResponse.from_json(tested[1])
+    assert (test.success, test.status_code, test.reason, test.detail) == (True, 200, "OK", "200")
+    assert test.timestamp.tzinfo is not None
+    assert json.loads(elsewhere[1])["reason"] == "could_not_connect"  # the body's endpoint wins
+    assert unauthorized[0] == 401
+
+
+def _call(url: str, headers: dict[str, str], data: bytes | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read().decode()
