@@ -15,7 +15,6 @@ import base64
 import contextlib
 import itertools
 import json
-import os
 import re
 import shutil
 from collections.abc import AsyncIterator, Mapping
@@ -23,9 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 import pytest
 
-from line_markread._cli import main
+from line_markread._cli import DEFAULT_SEED, main
+from line_markread._cli.demo import Result, play
+from line_markread._cli.demo.output import summary_line
+from line_markread._cli.demo.page import render_page
 from line_markread._cli.demo.scenes import SCENES
 from line_markread._cli.demo.timeline import GROUP, USERS
 
@@ -211,13 +214,17 @@ def load(page: Path, profile: Path, screenshot: Path) -> tuple[dict[str, Any], l
 
 
 @pytest.fixture(scope="module")
-def demo_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One demo run written as a page (a few seconds: shared by the tests here)."""
-    folder = tmp_path_factory.mktemp("page")
-    page = folder / "demo.html"
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        code = main(["demo", "--json", "--html", str(page)])
-    assert code == 0
+def demo_result() -> Result:
+    """One demo run (a few seconds: shared by the tests here)."""
+    result = asyncio.run(play(DEFAULT_SEED))
+    assert result.summary.ok
+    return result
+
+
+@pytest.fixture(scope="module")
+def demo_page(demo_result: Result, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    page = tmp_path_factory.mktemp("page") / "demo.html"
+    page.write_text(render_page(demo_result, summary_line(demo_result.summary)), encoding="utf-8")
     return page
 
 
@@ -264,6 +271,35 @@ def test_the_page_is_self_contained(demo_page: Path) -> None:
     assert "https://" not in page
     assert "demo-access-token" not in page  # the fake's credentials stay out of it too
     assert "demo-channel-secret" not in page
+
+
+def test_a_failed_guarantee_shows_as_failed(demo_result: Result) -> None:
+    first = demo_result.checks[0]
+    broken = attrs.evolve(
+        demo_result,
+        checks=(attrs.evolve(first, ok=False), *demo_result.checks[1:]),
+        summary=attrs.evolve(demo_result.summary, ok=False),
+    )
+
+    page = render_page(broken, summary_line(broken.summary))
+
+    assert page.count('<td class="no">FAIL</td>') == 1
+    assert page.count('<td class="ok">PASS</td>') == len(demo_result.checks) - 1
+    assert "some guarantees did NOT hold" in page
+    assert "every guarantee held" not in page
+
+
+def test_message_text_is_escaped(demo_result: Result) -> None:
+    evil = "<script>alert(1)</script>"
+    messages = tuple(attrs.evolve(m, text=evil) for m in demo_result.messages)
+    entries = tuple(
+        attrs.evolve(e, detail=evil) if e.what == "reply" else e for e in demo_result.entries
+    )
+
+    page = render_page(attrs.evolve(demo_result, messages=messages, entries=entries), "")
+
+    assert "<script" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
 def test_json_output_is_unchanged_by_html(
