@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import sys
+import textwrap
 import threading
 import urllib.error
 import urllib.request
@@ -518,17 +519,26 @@ def render(report: Report) -> list[str]:
         lines.append(f"x-line-request-id: {report.request_id}")
     if report.webhook is not None:
         lines.extend(render_webhook(report.webhook))
-    lines.extend(f"WARNING: {warning}" for warning in report.warnings)
+    for warning in report.warnings:
+        lines.extend(_wrap(f"WARNING: {warning}"))
     lines.append(f"exit status {int(report.exit_code)} ({report.outcome})")
     return lines
 
 
 _GOOD = (Exit.READY, Exit.NOT_NEEDED)
+_COLUMNS = 96
 _REACHED = {
     "could_not_connect": "no, it could not connect",
     "request_timeout": "yes, but no answer within 2 s",
     "unclassified": "unknown",
 }
+
+
+def _wrap(text: str) -> list[str]:
+    """Lines for a terminal; URLs and names are never cut (copy-paste must work)."""
+    return textwrap.wrap(
+        text, _COLUMNS, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+    )
 
 
 def render_webhook(webhook: WebhookReport) -> list[str]:
@@ -540,9 +550,9 @@ def render_webhook(webhook: WebhookReport) -> list[str]:
         lines.append(f"  LINE reached it: {_REACHED.get(webhook.reason.lower(), 'yes')}")
         answered = webhook.status_code if webhook.status_code else "nothing"
         lines.append(f"  it answered:     {answered} ({webhook.reason}: {webhook.detail})")
-    lines.append(webhook.message)
+    lines.extend(_wrap(webhook.message))
     if webhook.advice:
-        lines.append("What to do: " + webhook.advice)
+        lines.extend(_wrap("What to do: " + webhook.advice))
     if webhook.request_id and webhook.exit_code in (Exit.UNEXPECTED, Exit.UNAUTHORIZED):
         lines.append(f"x-line-request-id: {webhook.request_id}")
     return lines
