@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import bench_variants as bv
-from bench_platform import PlatformProcess
 from bench_chart import chart_svg
+from bench_platform import PlatformProcess
 from bench_report import SCHEMA_VERSION, machine, percentile, ratio, summary, table_lines, target
 from linebot.v3.messaging import Configuration
 
