@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest test-sdk-floor bench soak clean
+.PHONY: demo test lint typecheck pytest test-sdk-floor bench soak clean chromium screenshot
 
 # The oldest line-bot-sdk pyproject.toml declares, and a second environment holding it.
 SDK_FLOOR    := $(shell sed -n 's/^ *"line-bot-sdk>=\([0-9.]*\)".*/\1/p' pyproject.toml)
@@ -27,9 +27,28 @@ $(FLOOR_STAMP): pyproject.toml
 		'pytest>=8' 'pytest-asyncio>=0.23' 'hypothesis>=6.80'
 	touch $(FLOOR_STAMP)
 
-## make demo: run the self-contained demo conversation against the fake LINE platform
+## make demo: run the self-contained demo conversation against the fake LINE platform,
+## and write it as a page, demo.html (it says where)
 demo: $(STAMP)
-	$(BIN)/line-markread demo
+	$(BIN)/line-markread demo --html demo.html
+
+## make chromium: Debian's headless browser for tests/test_demo_page.py, installed when
+## absent (as root, with apt-get, as the test command's own bootstrap); otherwise a clear error
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo 'chromium is missing: installing Debian'"'"'s package' >&2; \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+		else \
+			echo 'chromium is missing and we cannot install it (not root, or no apt-get):' >&2; \
+			echo '  run: sudo apt-get install chromium   (tests/test_demo_page.py needs it)' >&2; \
+			exit 1; \
+		fi; }
+	@command -v chromium >/dev/null 2>&1 || { echo 'chromium still missing' >&2; exit 1; }
+
+## make screenshot: docs/demo.png, the README's picture of the demo page
+screenshot: $(STAMP) chromium
+	$(BIN)/python docs/make_screenshot.py docs/demo.png
 
 ## make test: ruff, mypy --strict, the whole pytest suite, then the core tests on the SDK floor
 test: lint typecheck pytest test-sdk-floor
@@ -41,7 +60,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) chromium
 	$(BIN)/pytest
 
 ## make test-sdk-floor: the core tests again, against the oldest line-bot-sdk declared

@@ -3,7 +3,8 @@
 ``make bench`` (or ``.venv/bin/python benchmarks/run.py``) starts the fake LINE
 platform in a separate process, then measures scenarios S1-S6 with every
 variant interleaved within each repetition (see ``docs/benchmarks.md``).  It
-prints a table and writes ``benchmarks/results.json``.  ``--smoke`` runs tiny
+prints a table and writes ``benchmarks/results.json`` and its chart,
+``benchmarks/results.svg`` (``bench_chart``).  ``--smoke`` runs tiny
 counts in a few seconds and is what CI runs; it asserts no timings.
 
 All traffic goes to 127.0.0.1.  Every loop is bounded in count, every request
@@ -28,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import bench_variants as bv
+from bench_chart import chart_svg
 from bench_platform import PlatformProcess
 from bench_report import SCHEMA_VERSION, machine, percentile, ratio, summary, table_lines, target
 from linebot.v3.messaging import Configuration
@@ -911,8 +913,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(output, "w") as f:
         json.dump(results, f, indent=2)
         f.write("\n")
+    chart = os.path.splitext(output)[0] + ".svg"
+    with open(chart, "w", encoding="utf-8") as f:
+        f.write(chart_svg(results))
     print("\n".join(table_lines(results, markdown=markdown)))
-    print(f"\nresults written to {output}")
+    print(f"\nresults written to {output}, the chart to {chart}")
     return 0
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["S1", "S2", "S3", "S3c", "S4", "S5", "S6", "S7", "S8"]
@@ -92,3 +93,14 @@ def test_smoke_run_writes_well_formed_results(tmp_path: Path) -> None:
     assert s6["messages"] == results["config"]["s6_messages"]
     assert s6["tracked_chats"] <= s6["max_tracked_chats"]
     assert s6["trace"]
+
+    # The chart of the same run, beside it: one bar per ratio target.
+    chart = ElementTree.fromstring((tmp_path / "results.svg").read_text(encoding="utf-8"))
+    bars = chart.findall(".//{http://www.w3.org/2000/svg}rect")[1:]  # after the background
+    ratio_targets = [
+        t
+        for s in results["scenarios"].values()
+        for t in s["targets"]
+        if " / " in t["name"] and t["op"] != "=="
+    ]
+    assert len(bars) == sum(t["value"] is not None for t in ratio_targets) > 0

@@ -6,19 +6,31 @@ a credential and must never show, whatever went wrong.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from line_markread import WebhookHandler
 from line_markread._cli import main
 from line_markread._cli.check import Exit
-from line_markread.testing import FakeLinePlatform, Fault
+from line_markread.aiohttp import webhook_view
+from line_markread.testing import (
+    WEBHOOK_ENDPOINT_PATH,
+    WEBHOOK_TEST_PATH,
+    FakeLinePlatform,
+    Fault,
+)
 
 TOKEN = "tok-Distinctive-7c1e0b9f4a-do-not-print"
 BOT_INFO = "/v2/bot/info"
@@ -265,7 +277,9 @@ def test_check_help_documents_every_exit_status(capsys: pytest.CaptureFixture[st
         assert option in out
     for status in Exit:
         assert f"  {int(status)}  " in out
-    assert [int(status) for status in Exit] == [0, 2, 3, 4, 5, 6]
+    assert [int(status) for status in Exit] == [0, 2, 3, 4, 5, 6, 7, 8]
+    for option in ("--webhook", "--mode"):
+        assert option in out
 
 
 def test_check_as_a_subprocess(fake: FakeLinePlatform) -> None:
@@ -283,3 +297,234 @@ def test_check_as_a_subprocess(fake: FakeLinePlatform) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["outcome"] == "ready"
     assert TOKEN not in done.stdout + done.stderr
+
+
+# -- check --webhook: LINE's webhook endpoints, the fake calling a real bot --
+
+SECRET = "webhook-test-channel-secret"
+
+
+class Bot:
+    """A real bot server on loopback, on its own loop in a thread, as LINE would call it."""
+
+    def __init__(self, fake: FakeLinePlatform, *, delay: float = 0.0, secret: str = SECRET):
+        self._fake, self._delay, self._secret = fake, delay, secret
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.bodies: list[bytes] = []
+
+    def __enter__(self) -> str:
+        self._thread.start()
+        return asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop.close()
+
+    async def _start(self) -> str:
+        self.handler = WebhookHandler(self._secret, configuration=self._fake.configuration())
+        view = webhook_view(self.handler)
+
+        async def callback(request: web.Request) -> web.StreamResponse:
+            self.bodies.append(await request.read())
+            if self._delay:
+                await asyncio.sleep(self._delay)  # the slow bot under test
+            return await view(request)
+
+        app = web.Application()
+        app.router.add_post("/callback", callback)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        return f"http://127.0.0.1:{self._runner.addresses[0][1]}/callback"
+
+    async def _stop(self) -> None:
+        await self._runner.cleanup()
+        await self.handler.aclose()
+
+
+def webhook_check(
+    capsys: pytest.CaptureFixture[str], fake: FakeLinePlatform, *args: str
+) -> tuple[int, dict[str, Any]]:
+    return check_json(capsys, "--host", fake.url, "--access-token", TOKEN, "--webhook", *args)
+
+
+def test_webhook_that_answers_in_time(
+    fake: FakeLinePlatform, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bot = Bot(fake)
+    with bot as url:
+        fake.set_webhook_endpoint(url, channel_secret=SECRET)
+        code, report = webhook_check(capsys, fake)
+        text_code, out, err = check(
+            capsys, "--host", fake.url, "--access-token", TOKEN, "--webhook"
+        )
+
+    assert code == Exit.READY == text_code
+    webhook = report["webhook"]
+    assert webhook["outcome"] == "ok"
+    assert webhook["endpoint"] == url
+    assert webhook["active"] is True
+    assert (webhook["success"], webhook["status_code"], webhook["reason"]) == (True, 200, "OK")
+    # The bot really got LINE's check body, signed (the plugin's own view verified it: 200).
+    assert json.loads(bot.bodies[0])["events"] == []
+    assert err == ""
+    assert f"endpoint:        {url} (Use webhook: on)" in out
+    assert "LINE reached it: yes" in out
+    assert "background=True" in out
+    assert "redelivery" in out
+    assert TOKEN not in out + json.dumps(report)
+
+
+def test_webhook_slower_than_lines_two_seconds_is_a_request_timeout(
+    fake: FakeLinePlatform, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Bot(fake, delay=2.5) as url:
+        fake.set_webhook_endpoint(url, channel_secret=SECRET)
+        code, report = webhook_check(capsys, fake)
+        text_code, out, err = check(
+            capsys, "--host", fake.url, "--access-token", TOKEN, "--webhook"
+        )
+
+    assert code == int(Exit.WEBHOOK_FAILED) == 7 == text_code
+    assert report["outcome"] == "webhook-request_timeout"
+    webhook = report["webhook"]
+    assert webhook["success"] is False
+    assert webhook["reason"] == "request_timeout"
+    assert webhook["status_code"] == 0
+    assert out == ""  # a failure goes to stderr, all of it
+    assert "no answer within 2 s" in err
+    for advice in ("background=True", "PostgresQueue", "redelivery"):
+        assert advice in err
+    assert TOKEN not in err
+
+
+def test_unreachable_webhook_is_could_not_connect(
+    fake: FakeLinePlatform, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = closed_port_url() + "/callback"
+    fake.set_webhook_endpoint(url)
+
+    code, report = webhook_check(capsys, fake)
+
+    assert code == Exit.WEBHOOK_FAILED
+    webhook = report["webhook"]
+    assert (webhook["reason"], webhook["status_code"], webhook["success"]) == (
+        "could_not_connect",
+        0,
+        False,
+    )
+    assert url in webhook["message"]
+
+
+def test_webhook_answering_an_error_status(
+    fake: FakeLinePlatform, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Bot(fake, secret="another-channel's-secret") as url:  # signature check fails: 400
+        fake.set_webhook_endpoint(url, channel_secret=SECRET)
+        code, report = webhook_check(capsys, fake)
+
+    assert code == Exit.WEBHOOK_FAILED
+    webhook = report["webhook"]
+    assert (webhook["reason"], webhook["status_code"]) == ("error_status_code", 400)
+    assert "channel secret" in webhook["advice"]
+
+
+def test_no_webhook_url_exits_8_without_a_test_call(
+    fake: FakeLinePlatform, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, report = webhook_check(capsys, fake)
+
+    assert code == int(Exit.WEBHOOK_OFF) == 8
+    assert report["webhook"]["outcome"] == "unset"
+    assert [r.path for r in fake.wait_for_requests(2)] == [BOT_INFO, WEBHOOK_ENDPOINT_PATH]
+
+
+def test_webhook_turned_off_exits_8(
+    fake: FakeLinePlatform, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Bot(fake) as url:
+        fake.set_webhook_endpoint(url, active=False, channel_secret=SECRET)
+        code, report = webhook_check(capsys, fake)
+
+    assert code == Exit.WEBHOOK_OFF
+    assert report["webhook"]["outcome"] == "off"
+    assert report["webhook"]["active"] is False
+
+
+def test_webhook_is_not_asked_about_when_bot_info_fails(
+    fake: FakeLinePlatform, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, report = check_json(
+        capsys, "--host", fake.url, "--access-token", "wrong-token", "--webhook"
+    )
+
+    assert code == Exit.UNAUTHORIZED
+    assert report["webhook"] is None
+    assert [r.path for r in fake.wait_for_requests(1)] == [BOT_INFO]
+
+
+def test_webhook_endpoints_are_checked_only_with_the_flag(
+    fake: FakeLinePlatform, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, report = check_json(capsys, "--host", fake.url, "--access-token", TOKEN)
+
+    assert code == Exit.READY
+    assert report["webhook"] is None
+    assert [r.path for r in fake.wait_for_requests(1)] == [BOT_INFO]
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_legacy_user_id_api_gets_a_warning(
+    fake: FakeLinePlatform, capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    args = ["--host", fake.url, "--access-token", TOKEN, "--mode", "user"]
+    code, out, err = check(capsys, *args, *["--json"] * as_json)
+    assert err == ""
+
+    assert code == Exit.READY  # a warning, not a failure
+    assert "end of October 2026" in out
+    assert "deprecat" in out
+    plain_code, plain_out, _ = check(capsys, "--host", fake.url, "--access-token", TOKEN)
+    assert plain_code == code
+    assert "October 2026" not in plain_out
+
+
+def test_the_fakes_webhook_answers_have_the_shapes_the_sdk_parses(
+    fake: FakeLinePlatform,
+) -> None:
+    from linebot.v3.messaging import (  # noqa: PLC0415  # the SDK's own models judge the shape
+        GetWebhookEndpointResponse,
+        TestWebhookEndpointResponse,
+    )
+
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    with Bot(fake) as url:
+        fake.set_webhook_endpoint(url, channel_secret=SECRET)
+        endpoint = _call(fake.url + WEBHOOK_ENDPOINT_PATH, headers)
+        tested = _call(fake.url + WEBHOOK_TEST_PATH, headers, b"{}")
+        elsewhere = _call(
+            fake.url + WEBHOOK_TEST_PATH,
+            headers,
+            json.dumps({"endpoint": closed_port_url() + "/x"}).encode(),
+        )
+    unauthorized = _call(fake.url + WEBHOOK_TEST_PATH, {}, b"{}")
+
+    assert GetWebhookEndpointResponse.from_json(endpoint[1]).endpoint == url
+    test = TestWebhookEndpointResponse.from_json(tested[1])
+    assert (test.success, test.status_code, test.reason, test.detail) == (True, 200, "OK", "200")
+    assert test.timestamp.tzinfo is not None
+    assert json.loads(elsewhere[1])["reason"] == "could_not_connect"  # the body's endpoint wins
+    assert unauthorized[0] == 401
+
+
+def _call(url: str, headers: dict[str, str], data: bytes | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read().decode()

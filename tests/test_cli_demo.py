@@ -308,6 +308,7 @@ def test_demo_help(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "--json" in out
     assert "--seed" in out
+    assert "--html" in out
     assert "exit status" in out
 
 

@@ -63,12 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"seed of the retry jitter, for reproducible runs (default: {DEFAULT_SEED})",
     )
+    demo.add_argument(
+        "--html",
+        metavar="PATH",
+        help="also write the run as one self-contained HTML page (chat views, a sequence "
+        "diagram per scene, the guarantees) to PATH",
+    )
 
     check = commands.add_parser(
         "check",
         help="ask LINE whether your account needs line_markread (GET /v2/bot/info)",
         description="Call GET /v2/bot/info with your channel access token and report the "
-        "bot's name, chatMode and markAsReadMode, with advice.",
+        "bot's name, chatMode and markAsReadMode, with advice; with --webhook, also whether "
+        "LINE reaches the bot's webhook and gets an answer within its 2-second deadline.",
         epilog=EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -85,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Messaging API base URL (default: {DEFAULT_HOST})",
     )
     check.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    check.add_argument(
+        "--webhook",
+        action="store_true",
+        help="also ask LINE where the webhook points and have LINE call it now "
+        "(GET /v2/bot/channel/webhook/endpoint, POST /v2/bot/channel/webhook/test): "
+        "does it answer within LINE's 2 seconds?",
+    )
+    check.add_argument(
+        "--mode",
+        choices=("auto", "token", "user"),
+        default="auto",
+        help="the mode= your handler passes to line_markread (default: auto); "
+        "'user' (the legacy user-ID mark-as-read API) gets a warning",
+    )
     return parser
 
 
@@ -118,17 +139,25 @@ def _silence_stdout() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        return _demo(as_json=args.json, seed=args.seed)
+        return _demo(as_json=args.json, seed=args.seed, html_path=args.html)
     from .check import run  # noqa: PLC0415  # loaded only for this command
 
-    return int(run(access_token=args.access_token, host=args.host, as_json=args.json))
+    return int(
+        run(
+            access_token=args.access_token,
+            host=args.host,
+            as_json=args.json,
+            webhook=args.webhook,
+            mode=args.mode,
+        )
+    )
 
 
-def _demo(*, as_json: bool, seed: int) -> int:
+def _demo(*, as_json: bool, seed: int, html_path: str | None) -> int:
     from .demo import run  # noqa: PLC0415  # aiohttp and the SDK load only when needed
 
     try:
-        return run(as_json=as_json, seed=seed)
+        return run(as_json=as_json, seed=seed, html_path=html_path)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -2,7 +2,9 @@
 The LINE endpoints the fake serves, with LINE's validation and answers.
 
 Each endpoint is one handler function, ``(account, body) -> (status, body)``,
-and one row of `ENDPOINTS` (path -> method and handler).  `answer` applies
+and one row of `ENDPOINTS` (path -> method and handler).  A handler that
+must do I/O (the webhook test calls the bot) is a coroutine function of
+the same shape, awaited on the fake's loop.  `answer` applies
 what every endpoint shares (404, 405, 401, no retry key) before the handler
 runs.  `Account` is what LINE knows about the bot, which the handlers answer
 from; scripted faults come before all of this (see ``_faults``).
@@ -10,13 +12,19 @@ from; scripted faults come before all of this (see ``_faults``).
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import datetime
+import hashlib
+import hmac
 import http
+import inspect
 import itertools
 import json
 import re
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -29,6 +37,12 @@ USER_MARK_AS_READ_PATH = "/v2/bot/message/markAsRead"
 BOT_INFO_PATH = "/v2/bot/info"
 REPLY_PATH = "/v2/bot/message/reply"
 LOADING_PATH = "/v2/bot/chat/loading/start"
+WEBHOOK_ENDPOINT_PATH = "/v2/bot/channel/webhook/endpoint"
+WEBHOOK_TEST_PATH = "/v2/bot/channel/webhook/test"
+
+WEBHOOK_DEADLINE = 2.0
+"""Seconds LINE gives a bot to answer a webhook; later is a ``request_timeout``."""
+DEFAULT_CHANNEL_SECRET = "fake-channel-secret"
 
 MARK_AS_READ_PATHS = frozenset({TOKEN_MARK_AS_READ_PATH, USER_MARK_AS_READ_PATH})
 
@@ -82,10 +96,16 @@ class Account:
         self.bot_user_id = "U" + secrets.token_hex(16)
         self.basic_id = "@" + secrets.token_hex(4)
         self.message_ids = itertools.count(secrets.randbelow(10**17) + 10**17)
+        # The webhook settings of the channel (guarded by lock):
+        self.webhook_endpoint = ""
+        self.webhook_active = False
+        self.channel_secret = DEFAULT_CHANNEL_SECRET
+        self.webhook_deadline = WEBHOOK_DEADLINE
 
 
-Handler = Callable[[Account, object], Answer]
-"""An endpoint's own logic, given the account and the parsed JSON body (None if none)."""
+Handler = Callable[[Account, object], Answer | Awaitable[Answer]]
+"""An endpoint's own logic, given the account and the parsed JSON body (None if none):
+a plain function, or a coroutine function when it does I/O."""
 
 
 @attrs.frozen
@@ -120,7 +140,7 @@ def _nonempty_str(value: object) -> bool:
     return isinstance(value, str) and value != ""
 
 
-def answer(account: Account, record: RecordedRequest) -> Answer:
+async def answer(account: Account, record: RecordedRequest) -> Answer:
     """The normal answer to *record*: the checks every endpoint shares, then its handler."""
     endpoint = ENDPOINTS.get(record.path)
     if endpoint is None:
@@ -132,7 +152,8 @@ def answer(account: Account, record: RecordedRequest) -> Answer:
     if "X-Line-Retry-Key" in record.headers:
         # LINE accepts it on push, multicast, narrowcast and broadcast only.
         return 400, error_body(400, "The retry key can't be used with this endpoint")
-    return endpoint.handler(account, record.json)
+    result = endpoint.handler(account, record.json)
+    return await result if inspect.isawaitable(result) else result
 
 
 # -- the handlers ---------------------------------------------------------
@@ -211,10 +232,89 @@ def reply(account: Account, body: object | None) -> Answer:
     return 200, json.dumps({"sentMessages": sent}).encode()
 
 
+def webhook_endpoint(account: Account, body: object | None) -> Answer:
+    """``GET /v2/bot/channel/webhook/endpoint``: the URL LINE calls and whether it is on.
+
+    A channel with no URL set answers ``{"endpoint": "", "active": false}``.
+    """
+    with account.lock:
+        info = {"endpoint": account.webhook_endpoint, "active": account.webhook_active}
+    return 200, json.dumps(info).encode()
+
+
+async def webhook_test(account: Account, body: object | None) -> Answer:
+    """``POST /v2/bot/channel/webhook/test``: LINE calls the webhook and says how it went.
+
+    The bot gets a signed body with no events, as LINE's own check sends,
+    over real HTTP; the answer is LINE's ``success``, ``timestamp``,
+    ``statusCode`` (0 when no answer came), ``reason`` (``OK``,
+    ``could_not_connect``, ``request_timeout``, ``error_status_code``,
+    ``unclassified``: the reasons of LINE's webhook error statistics) and
+    ``detail``.  The body may name another ``endpoint`` to test.
+    """
+    with account.lock:
+        url, secret = account.webhook_endpoint, account.channel_secret
+        deadline, destination = account.webhook_deadline, account.bot_user_id
+    if body is not None:
+        if not isinstance(body, dict):
+            return _invalid("endpoint", "The request body must be a JSON object")
+        if "endpoint" in body:
+            if not _nonempty_str(body["endpoint"]) or len(body["endpoint"]) > 500:
+                return _invalid("endpoint", "Invalid webhook endpoint URL")
+            url = body["endpoint"]
+    if not url.startswith(("https://", "http://")):
+        return 400, error_body(400, "Webhook endpoint URL is not set")
+    payload = json.dumps({"destination": destination, "events": []})
+    status, reason, detail = await _call_webhook(url, payload, secret, deadline)
+    result = {
+        "success": reason == "OK",
+        "timestamp": datetime.datetime.now(datetime.timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "statusCode": status,
+        "reason": reason,
+        "detail": detail,
+    }
+    return 200, json.dumps(result).encode()
+
+
+async def _call_webhook(
+    url: str, payload: str, secret: str, deadline: float
+) -> tuple[int, str, str]:
+    """POST the signed *payload* to the bot: (status code, reason, detail)."""
+    import aiohttp  # noqa: PLC0415  # the fake's server has loaded it already
+
+    digest = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest()
+    headers = {
+        "Content-Type": JSON,
+        "X-Line-Signature": base64.b64encode(digest).decode(),
+        "User-Agent": "LineBotWebhook/2.0",
+    }
+    timeout = aiohttp.ClientTimeout(total=deadline)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, data=payload.encode(), headers=headers, allow_redirects=False) as r,
+        ):
+            await r.read()
+            status = r.status
+    except asyncio.TimeoutError:
+        return 0, "request_timeout", "Request timeout"
+    except aiohttp.ClientConnectorError:
+        return 0, "could_not_connect", f"Connection failed: {url}"
+    except (aiohttp.ClientError, ValueError):
+        return 0, "unclassified", "unclassified"
+    if 200 <= status < 300:
+        return status, "OK", str(status)
+    return status, "error_status_code", str(status)
+
+
 ENDPOINTS: Mapping[str, Endpoint] = {
     TOKEN_MARK_AS_READ_PATH: Endpoint("POST", token_mark_as_read),
     USER_MARK_AS_READ_PATH: Endpoint("POST", user_mark_as_read),
     BOT_INFO_PATH: Endpoint("GET", bot_info),
     REPLY_PATH: Endpoint("POST", reply),
     LOADING_PATH: Endpoint("POST", loading_start),
+    WEBHOOK_ENDPOINT_PATH: Endpoint("GET", webhook_endpoint),
+    WEBHOOK_TEST_PATH: Endpoint("POST", webhook_test),
 }

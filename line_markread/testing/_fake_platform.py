@@ -35,6 +35,8 @@ from ._endpoints import (
     REPLY_PATH,
     TOKEN_MARK_AS_READ_PATH,
     USER_MARK_AS_READ_PATH,
+    WEBHOOK_ENDPOINT_PATH,
+    WEBHOOK_TEST_PATH,
     Account,
     answer,
     error_body,
@@ -54,6 +56,8 @@ __all__ = [
     "REPLY_PATH",
     "TOKEN_MARK_AS_READ_PATH",
     "USER_MARK_AS_READ_PATH",
+    "WEBHOOK_ENDPOINT_PATH",
+    "WEBHOOK_TEST_PATH",
     "FakeLinePlatform",
     "Fault",
     "RecordedRequest",
@@ -237,6 +241,30 @@ class FakeLinePlatform:
         faults = [r if isinstance(r, Fault) else Fault.status(r) for r in responses]
         self._scripts.add_for_token(token, faults)
 
+    def set_webhook_endpoint(
+        self,
+        url: str,
+        *,
+        active: bool = True,
+        channel_secret: str | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        """Set the bot's webhook URL, as the LINE Developers Console does.
+
+        ``GET WEBHOOK_ENDPOINT_PATH`` answers it; ``POST WEBHOOK_TEST_PATH``
+        calls it for real with a body signed with *channel_secret* (default:
+        ``"fake-channel-secret"``) and counts an answer later than *deadline*
+        seconds (LINE's 2 s by default) as a ``request_timeout``.
+        """
+        account = self._account
+        with account.lock:
+            account.webhook_endpoint = url
+            account.webhook_active = active
+            if channel_secret is not None:
+                account.channel_secret = channel_secret
+            if deadline is not None:
+                account.webhook_deadline = deadline
+
     def reject_token(self, *tokens: str) -> None:
         """Answer 400 for these mark-as-read tokens, as LINE does for another bot's tokens."""
         with self._account.lock:
@@ -349,7 +377,7 @@ class FakeLinePlatform:
                 # aiohttp fails to write this to the closed transport, takes it
                 # for a client disconnect and sends nothing, as we want.
                 return web.Response()
-            response = self._respond(record, fault)
+            response = await self._respond(record, fault)
             responded = attrs.evolve(
                 record,
                 outcome="responded",
@@ -400,9 +428,9 @@ class FakeLinePlatform:
             fault = self._scripts.take(request.path, token if isinstance(token, str) else None)
         return record, fault, generation, index
 
-    def _respond(self, record: RecordedRequest, fault: Fault | None) -> web.Response:
+    async def _respond(self, record: RecordedRequest, fault: Fault | None) -> web.Response:
         if fault is None or fault._is_normal():
-            code, body = answer(self._account, record)
+            code, body = await answer(self._account, record)
         else:
             code = fault.http_status
             body = fault.body if fault.body is not None else error_body(code)

@@ -13,19 +13,22 @@ evidence, not decoration.
 
 The parts, in the order of a run: ``timeline`` (the witnesses and their
 records), ``stage`` (the bot), ``scenes`` (the conversation), ``verdict``
-(the guarantees, pure functions of the evidence) and ``output`` (text or
-JSON lines).  `play` puts them together.
+(the guarantees, pure functions of the evidence), ``output`` (text or
+JSON lines) and ``page`` (the same run as one self-contained HTML page).
+`play` puts them together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from typing import TextIO
 
 from ...testing import FakeLinePlatform
-from .output import Style, render, write_json
+from .output import Style, render, summary_line, write_json
+from .page import render_page
 from .scenes import Conversation, converse
 from .stage import DEMO_ACCESS_TOKEN, DemoBot
 from .timeline import Cast, Timeline, TraceHandler, line_entries, tracing
@@ -54,12 +57,34 @@ async def play(seed: int) -> Result:
     return judge(tuple(cast.messages), timeline.sorted(), bot.handler.stats(), seed, elapsed_ms)
 
 
-def run(*, seed: int, as_json: bool = False, out: TextIO | None = None) -> int:
-    """Play the demo; 0 if every guarantee held, 1 otherwise."""
+def run(
+    *,
+    seed: int,
+    as_json: bool = False,
+    out: TextIO | None = None,
+    html_path: str | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Play the demo; 0 if every guarantee held, 1 otherwise.
+
+    *html_path* also writes the run as one HTML page there and says where
+    (on *err* with ``--json``, whose stdout is JSON only).
+    """
     out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     result = asyncio.run(play(seed))
     if as_json:
         write_json(result, out)
     else:
         render(result, out, Style.for_stream(out))
+    if html_path is not None:
+        page = render_page(result, summary_line(result.summary))
+        where = os.path.abspath(html_path)
+        try:
+            with open(html_path, "w", encoding="utf-8") as file:
+                file.write(page)
+        except OSError as e:
+            print(f"could not write the page to {where}: {e.strerror or e}", file=err)
+            return 1
+        print(f"The run as a page: {where}", file=err if as_json else out)
     return 0 if result.summary.ok else 1
