@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import threading
@@ -557,3 +558,29 @@ def test_closing_is_idempotent_and_final(fake: FakeLinePlatform) -> None:
     marker.close()
     with pytest.raises(RuntimeError, match="closed"):
         marker.mark([text_event(user_id="U1")])
+
+
+def test_events_of_the_legacy_sdk_get_an_error_that_says_what_to_do(
+    fake: FakeLinePlatform,
+) -> None:
+    """Issue 16 item 18: the v2 parser's ``MessageEvent`` has the v3 one's name."""
+    import linebot  # the legacy (v2) package line-bot-sdk 3 still ships  # noqa: PLC0415
+
+    event = text_event("hi", user_id="U1")
+    body, signature = signed_body(event, channel_secret=SECRET)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy SDK warns that it is deprecated
+        (legacy,) = linebot.WebhookParser(SECRET).parse(body, signature)
+    assert type(legacy).__module__ == "linebot.models.events"
+    with Marker(configuration=fake.configuration()) as marker:
+        with pytest.raises(TypeError) as raised:
+            marker.mark([legacy])
+        message = str(raised.value)
+        assert "linebot.models.events.MessageEvent" in message
+        assert "legacy linebot (v2)" in message
+        assert "linebot.v3" in message
+        assert "raw JSON" in message
+        assert fake.mark_requests() == []
+        # What the message advises works: the body's own JSON events.
+        assert marker.mark(json.loads(body)["events"]) == [Outcome.MARKED]
+    assert fake.marked_tokens() == [token_of(event)]
