@@ -23,10 +23,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast, overload
 
 import attrs
-from linebot.v3.messaging import Configuration
 
 from ._dispatch import MarkPolicy, Route, decide, validate_policy
-from ._http import Credentials
+from ._http import HOST_VARIABLE, Credentials
 from ._loading import validate_loading
 from ._marker import Marker
 
@@ -36,7 +35,6 @@ ATTRIBUTE = "__line_markread_read_first__"
 """Where the wrapper keeps its ``ReadFirst`` options, for ``add()`` to find."""
 
 TOKEN_VARIABLE = "LINE_CHANNEL_ACCESS_TOKEN"
-HOST_VARIABLE = "LINE_API_HOST"
 
 
 @attrs.frozen
@@ -75,17 +73,16 @@ def _shared_marker(configuration: Any) -> Marker:
                 f"(and optionally {HOST_VARIABLE}), or pass read_first(marker=...) or "
                 "read_first(configuration=...)"
             )
-        host = os.environ.get(HOST_VARIABLE)
-        configuration = (
-            Configuration(access_token=token, host=host)
-            if host
-            else Configuration(access_token=token)
-        )
-    credentials = Credentials.from_arguments(None, configuration)
+        # LINE_API_HOST applies as for every other entry point (Credentials).
+        credentials = Credentials.from_arguments(token, None)
+    else:
+        credentials = Credentials.from_arguments(None, configuration)
     with _shared_lock:
         marker = _shared.get(credentials)
         if marker is None or marker.closed:
-            marker = _shared[credentials] = Marker(configuration=configuration)
+            marker = _shared[credentials] = Marker(
+                access_token=credentials.access_token, host=credentials.host
+            )
         return marker
 
 

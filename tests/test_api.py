@@ -584,3 +584,57 @@ def test_events_of_the_legacy_sdk_get_an_error_that_says_what_to_do(
         # What the message advises works: the body's own JSON events.
         assert marker.mark(json.loads(body)["events"]) == [Outcome.MARKED]
     assert fake.marked_tokens() == [token_of(event)]
+
+
+def test_line_api_host_from_the_environment_is_one_rule_for_every_entry_point(
+    fake: FakeLinePlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16 item 17: explicit argument, then ``LINE_API_HOST``, then api.line.me."""
+    from line_markread import read_first  # noqa: PLC0415  # only this test uses it
+    from line_markread._read_first import _shared  # noqa: PLC0415
+
+    with FakeLinePlatform() as elsewhere:
+        monkeypatch.setenv("LINE_API_HOST", fake.url + "/")  # as set by hand: a trailing slash
+        monkeypatch.setenv("LINE_CHANNEL_ACCESS_TOKEN", fake.access_token)
+        token = fake.access_token
+        events = [text_event(str(n), user_id=f"U{n}") for n in range(5)]
+
+        with Marker(access_token=token) as marker:
+            assert marker.mark([events[0]]) == [Outcome.MARKED]
+        with WebhookHandler(SECRET, access_token=token) as handler:
+            handler.add(MessageEvent, message=TextMessageContent)(lambda event: None)
+            handler.handle(*body_of(events[1]))
+        with install(linebot.v3.WebhookHandler(SECRET), access_token=token) as installed:
+            installed.add(MessageEvent, message=TextMessageContent)(lambda event: None)
+            installed.handle(*body_of(events[2]))
+        sdk_handler = linebot.v3.WebhookHandler(SECRET)
+        sdk_handler.add(MessageEvent, message=TextMessageContent)(read_first(lambda event: None))
+        try:
+            sdk_handler.handle(*body_of(events[3]))
+        finally:
+            for shared in list(_shared.values()):
+                shared.close()
+            _shared.clear()
+        # The explicit argument wins over the environment: host= or a configuration.
+        monkeypatch.setenv("LINE_API_HOST", fake.url)
+        with Marker(access_token=elsewhere.access_token, host=elsewhere.url) as marker:
+            assert marker.mark([events[4]]) == [Outcome.MARKED]
+        with Marker(configuration=elsewhere.configuration()) as marker:
+            assert marker.mark([text_event(user_id="U5")]) == [Outcome.MARKED]
+
+        assert fake.marked_tokens() == [token_of(e) for e in events[:4]]
+        assert len(elsewhere.marked_tokens()) == 2
+
+
+def test_a_bad_host_is_refused_at_construction_naming_where_it_came_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LINE_API_HOST", "api.line.me")
+    with pytest.raises(ValueError, match="LINE_API_HOST must be an http"):
+        Marker(access_token="t")
+    with pytest.raises(ValueError, match="host must be an http"):
+        Marker(access_token="t", host="ftp://example")
+    with pytest.raises(TypeError, match="configuration carries its own host"):
+        Marker(configuration=Configuration(access_token="t"), host="http://127.0.0.1:1")
+    monkeypatch.setenv("LINE_API_HOST", "  ")  # blank: as if unset
+    assert "https://api.line.me" in repr(Marker(access_token="t"))
