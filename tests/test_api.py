@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import json
 import logging
 import os
 import threading
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -26,6 +28,7 @@ from line_markread import (
     Settings,
     WebhookBodyError,
     WebhookHandler,
+    _stats,
     install,
 )
 from line_markread.testing import (
@@ -197,7 +200,7 @@ def test_malformed_bodies_raise_a_documented_error_and_send_nothing(
         driver.handle(handler, body, sign(body, SECRET))
     assert type(raised.value) is error
     driver.close(handler)
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 def test_a_bad_or_missing_signature_raises_the_sdks_error_and_sends_nothing(
@@ -215,7 +218,7 @@ def test_a_bad_or_missing_signature_raises_the_sdks_error_and_sends_nothing(
     driver.close(handler)
 
     assert ran == []
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 def test_a_huge_body_is_handled_without_trouble(
@@ -263,7 +266,7 @@ def test_sync_handle_refuses_async_handlers_before_marking(
     with pytest.raises(TypeError, match="handle_async"):
         handler.handle(*body_of(text_event(user_id="U1")))
     handler.close()
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 async def test_handle_async_awaits_whatever_awaitable_a_handler_returns(
@@ -638,3 +641,22 @@ def test_a_bad_host_is_refused_at_construction_naming_where_it_came_from(
         Marker(configuration=Configuration(access_token="t"), host="http://127.0.0.1:1")
     monkeypatch.setenv("LINE_API_HOST", "  ")  # blank: as if unset
     assert "https://api.line.me" in repr(Marker(access_token="t"))
+
+
+def test_duplicates_counts_every_redelivery_as_its_doc_says(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    """Issue 16 item 19: the counter and its documentation agree."""
+    handler = new_handler()
+    handler.add(MessageEvent, message=TextMessageContent)(lambda event: None)
+    fake.script(TOKEN_PATH, 400)
+    event = text_event(user_id="U1")
+    for _ in range(3):  # delivered, redelivered after a failed mark, redelivered once more
+        driver.handle(handler, *body_of(event))
+
+    assert [r.status for r in fake.mark_requests()] == [400, 200]  # sent again once only
+    assert handler.stats().duplicates == 2  # both redeliveries, the one sent again included
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    promises = [inspect.getsource(_stats), readme]
+    assert not any("never sent twice" in text for text in promises)
+    assert all("first mark failed" in text for text in promises)

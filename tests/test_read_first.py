@@ -367,7 +367,7 @@ def test_a_call_that_cannot_run_raises_before_anything_is_marked(fake: FakeLineP
         on_text(model, "unexpected", 3)  # type: ignore[call-arg]  # the mistake under test
     with pytest.raises(TypeError, match=r"no argument of .*on_text.* is a webhook event"):
         on_text("not an event")
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 # -- issue 16 item 15: @read_first above @handler.add is refused, not silent -----------
