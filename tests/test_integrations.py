@@ -291,6 +291,7 @@ def test_flask_init_app(
     for headers, body, text in [
         ({}, bad.body, b"Missing signature\n"),
         ({"X-Line-Signature": "bad"}, bad.body, b"Invalid signature\n"),
+        ({"X-Line-Signature": "\xff\xfe="}, bad.body, b"Invalid signature\n"),  # WSGI: latin-1
         ({"X-Line-Signature": line_webhook.sign("{}")}, "{}", b"Invalid webhook body\n"),
     ]:
         response = client.post("/callback", data=body, headers=headers)
