@@ -57,9 +57,20 @@ class ReadFirst:
 
 
 def options_of(func: Callable[..., Any]) -> ReadFirst | None:
-    """The ``read_first`` options of *func*, if it is a ``read_first`` wrapper."""
+    """The ``read_first`` options of *func*, if it is a ``read_first`` wrapper.
+
+    For a wrapper bound to an instance (``handler.add(...)(bot.on_text)``), the
+    original function comes back bound to the same instance, so an installed
+    handler calls the method with its ``self``.
+    """
     options = getattr(func, ATTRIBUTE, None)
-    return options if isinstance(options, ReadFirst) else None
+    if not isinstance(options, ReadFirst):
+        return None
+    if inspect.ismethod(func) and not inspect.ismethod(options.func):
+        # A partial, not a bound method: the SDK's arity rule counts a bound
+        # method's self, a partial's signature leaves it out.
+        return attrs.evolve(options, func=functools.partial(options.func, func.__self__))
+    return options
 
 
 # -- the shared markers ---------------------------------------------------------
