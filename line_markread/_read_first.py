@@ -60,8 +60,8 @@ def options_of(func: Callable[..., Any]) -> ReadFirst | None:
     """The ``read_first`` options of *func*, if it is a ``read_first`` wrapper.
 
     For a wrapper bound to an instance (``handler.add(...)(bot.on_text)``), the
-    original function comes back bound to the same instance, so an installed
-    handler calls the method with its ``self``.
+    original function comes back with that instance as its first argument, so
+    an installed handler calls the method with its ``self``.
     """
     options = getattr(func, ATTRIBUTE, None)
     if not isinstance(options, ReadFirst):
