@@ -55,14 +55,7 @@ def parse_body(parser: Any, body: str | bytes, signature: str) -> ParsedBody:
         text = body
     else:
         raise TypeError(f"webhook body must be str or bytes, got {type(body).__name__}")
-    if not isinstance(signature, str):
-        # The SDK would fail deep inside hmac; a missing header is a bad signature.
-        raise InvalidSignatureError("Invalid signature. signature is missing")
-
-    if not parser.skip_signature_verification() and not parser.signature_validator.validate(
-        text, signature
-    ):
-        raise InvalidSignatureError("Invalid signature. signature=" + signature)
+    _verify(parser, text, signature)
 
     try:
         document = json.loads(text)
@@ -83,6 +76,27 @@ def parse_body(parser: Any, body: str | bytes, signature: str) -> ParsedBody:
         destination=destination if isinstance(destination, str) else None,
         events=tuple(raw_events),
     )
+
+
+def _verify(parser: Any, text: str, signature: object) -> None:
+    """The SDK's signature check, with what it cannot take answered as a bad signature."""
+    if not isinstance(signature, str):
+        # The SDK would fail deep inside hmac; a missing header is a bad signature.
+        raise InvalidSignatureError("Invalid signature. signature is missing")
+    if parser.skip_signature_verification():
+        return
+    if not signature.isascii():
+        # LINE's signature is base64, so ASCII.  A byte that is not UTF-8 arrives from
+        # aiohttp (or in a Lambda event) as a lone surrogate, which the SDK's validator
+        # cannot even encode: a bad signature, never a 500.  The value is not quoted:
+        # it may be neither printable nor encodable by a log handler.
+        raise InvalidSignatureError("Invalid signature. signature is not ASCII")
+    try:
+        valid = parser.signature_validator.validate(text, signature)
+    except UnicodeEncodeError as e:  # a str body with a lone surrogate: not LINE's bytes
+        raise WebhookBodyError("webhook body is not valid UTF-8 text") from e
+    if not valid:
+        raise InvalidSignatureError("Invalid signature. signature=" + signature)
 
 
 def build_event(raw: dict[str, Any]) -> Any:

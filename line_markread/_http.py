@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import os
 import socket
 import time
 
@@ -56,6 +57,11 @@ class TransportError(Exception):
         self.timeout = timeout
 
 
+DEFAULT_HOST = "https://api.line.me"
+HOST_VARIABLE = "LINE_API_HOST"
+"""The environment variable the SDK's examples read the API base URL from."""
+
+
 @attrs.frozen
 class Credentials:
     """Where and as whom to call LINE.  The token is kept out of the repr."""
@@ -64,21 +70,46 @@ class Credentials:
     access_token: str = attrs.field(repr=False)
 
     @classmethod
-    def from_arguments(cls, access_token: object, configuration: object) -> Credentials:
-        """Accept exactly one of an access token or a ``linebot.v3.messaging.Configuration``."""
+    def from_arguments(
+        cls, access_token: object, configuration: object, host: object = None
+    ) -> Credentials:
+        """Accept exactly one of an access token or a ``linebot.v3.messaging.Configuration``.
+
+        The host, one rule for every entry point: the explicit argument (*host*,
+        or the configuration's own ``host``), else ``LINE_API_HOST`` from the
+        environment, else LINE's production host.  A configuration always has a
+        host (the SDK fills in the default), so the environment applies to
+        ``access_token=`` only: the bot's own API client, built from the same
+        configuration, calls the same host.
+        """
         if (access_token is None) == (configuration is None):
             raise TypeError("pass exactly one of access_token= or configuration=")
-        host = "https://api.line.me"
         if configuration is not None:
+            if host is not None:
+                raise TypeError(
+                    "host= goes with access_token=; a configuration carries its own host"
+                )
             access_token = getattr(configuration, "access_token", None)
-            host = getattr(configuration, "host", None) or host
-            if not isinstance(host, str):
-                raise TypeError("configuration.host must be a string URL")
+            host = _checked_host(getattr(configuration, "host", None) or DEFAULT_HOST, "host")
             if not isinstance(access_token, str) or not access_token:
                 raise ValueError("configuration has no access_token")
         elif not isinstance(access_token, str) or not access_token:
             raise ValueError("access_token must be a non-empty string")
-        return cls(host=host.rstrip("/"), access_token=_clean_token(access_token))
+        elif host is not None:
+            host = _checked_host(host, "host")
+        else:
+            from_environment = os.environ.get(HOST_VARIABLE, "").strip()
+            host = _checked_host(from_environment, HOST_VARIABLE) if from_environment else None
+        return cls(host=(host or DEFAULT_HOST).rstrip("/"), access_token=_clean_token(access_token))
+
+
+def _checked_host(host: object, where: str) -> str:
+    """An ``http(s)://`` base URL, or a clear error naming where it came from."""
+    if not isinstance(host, str):
+        raise TypeError(f"{where} must be a string URL, got {type(host).__name__}")
+    if not host.startswith(("https://", "http://")):
+        raise ValueError(f"{where} must be an http(s):// URL like {DEFAULT_HOST}, got {host!r}")
+    return host
 
 
 def _clean_token(token: str) -> str:

@@ -95,6 +95,8 @@ class Marker:
     Build it with exactly one of ``access_token=`` (a channel access token)
     or ``configuration=`` (a ``linebot.v3.messaging.Configuration``, whose
     ``host`` is honoured too), plus any ``Settings`` option as a keyword.
+    The API host: ``host=`` (with ``access_token=``) or the configuration's,
+    else ``LINE_API_HOST`` from the environment, else ``https://api.line.me``.
     Close it with ``close()`` (sync code) or ``await aclose()`` (async code)
     so that pending marks are drained and the HTTP session is released.
     """
@@ -104,10 +106,11 @@ class Marker:
         *,
         access_token: str | None = None,
         configuration: Any = None,
+        host: str | None = None,
         **options: Any,
     ) -> None:
         self._settings = Settings(**options)
-        self._credentials = Credentials.from_arguments(access_token, configuration)
+        self._credentials = Credentials.from_arguments(access_token, configuration, host)
         self._guard = ChannelGuard(
             retry_budget=self._settings.retry_budget,
             auth_cooldown=self._settings.auth_cooldown,

@@ -34,7 +34,12 @@ class Stats:
     latched: int = 0
     """Marks not sent at all because LINE answered 401/403 recently (the auth latch)."""
     duplicates: int = 0
-    """Events seen before (same ``webhookEventId``, e.g. a redelivery): never sent twice."""
+    """Events seen before (same ``webhookEventId``, e.g. a redelivery), sent again or not.
+
+    One is sent again only if its first mark failed for good; a mark that
+    succeeded or is still in progress is never repeated.  Counting every
+    redelivery says how often LINE redelivered, which is the signal worth
+    watching (a webhook that failed or answered late)."""
     overflowed: int = 0
     """Marks failed unsent because ``max_tracked_chats`` chats already had one in
     progress (a long outage with many new chats); also counted in ``failed``."""

@@ -116,7 +116,11 @@ def read_target(  # noqa: PLR0911 - one early return per reason an event cannot 
 
 
 def raw_event(event: object) -> Mapping[str, Any]:
-    """The webhook JSON of *event*: a mapping as is, or an SDK model's ``to_dict()``."""
+    """The webhook JSON of *event*: a mapping as is, or an SDK model's ``to_dict()``.
+
+    Anything else is a ``TypeError``; an event of the legacy ``linebot`` (v2) SDK
+    gets one that says so and what to do instead.
+    """
     if isinstance(event, Mapping):
         return event
     to_dict = getattr(event, "to_dict", None)
@@ -124,6 +128,13 @@ def raw_event(event: object) -> Mapping[str, Any]:
         data = to_dict()
         if isinstance(data, Mapping):
             return data
-    raise TypeError(
-        f"expected a linebot.v3 webhook event or its JSON mapping, got {type(event).__name__}"
-    )
+    kind = type(event)
+    if kind.__module__.startswith("linebot.models"):
+        # The v2 SDK's MessageEvent has the same name as linebot.v3's: say which one it is.
+        raise TypeError(
+            f"got {kind.__module__}.{kind.__qualname__}, an event of the legacy linebot (v2) "
+            "SDK, which line_markread does not read; parse webhooks with linebot.v3 "
+            "(linebot.v3.WebhookParser or WebhookHandler), or pass the raw JSON events "
+            "(json.loads(body)['events'])"
+        )
+    raise TypeError(f"expected a linebot.v3 webhook event or its JSON mapping, got {kind.__name__}")

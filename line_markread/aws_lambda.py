@@ -76,15 +76,13 @@ def _answer(handler: WebhookHandler, event: Mapping[str, Any]) -> Answer:
     if method is not None and method.upper() != "POST":
         return METHOD_NOT_ALLOWED
     body = event.get("body") or ""
-    raw: bytes
+    raw: str | bytes = body  # text as is: one with a lone surrogate is refused by handle(), 400
     if event.get("isBase64Encoded"):
         try:
             raw = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
             log.warning("line_markread: the Lambda event's base64 body does not decode")
             return NOT_AN_HTTP_EVENT
-    else:
-        raw = body.encode("utf-8")
     return respond(handler, raw, _header(event, SIGNATURE_HEADER))
 
 

@@ -38,7 +38,7 @@ def token_of(event: dict[str, Any]) -> str:
 
 
 def sent_tokens(fake: FakeLinePlatform) -> list[str]:
-    return [r.json["markAsReadToken"] for r in fake.requests if r.path == TOKEN_PATH]  # type: ignore[index]  # JSON object
+    return [r.json["markAsReadToken"] for r in fake.requests() if r.path == TOKEN_PATH]  # type: ignore[index]  # JSON object
 
 
 def mark_answered_before(fake: FakeLinePlatform, tokens: set[str], moment: float) -> bool:
@@ -49,7 +49,7 @@ def mark_answered_before(fake: FakeLinePlatform, tokens: set[str], moment: float
         and r.responded_at is not None
         and r.responded_at <= moment
         and r.json["markAsReadToken"] in tokens  # type: ignore[index]  # JSON object
-        for r in fake.requests
+        for r in fake.requests()
     )
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import json
 import logging
 import os
 import threading
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -25,6 +28,7 @@ from line_markread import (
     Settings,
     WebhookBodyError,
     WebhookHandler,
+    _stats,
     install,
 )
 from line_markread.testing import (
@@ -196,7 +200,7 @@ def test_malformed_bodies_raise_a_documented_error_and_send_nothing(
         driver.handle(handler, body, sign(body, SECRET))
     assert type(raised.value) is error
     driver.close(handler)
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 def test_a_bad_or_missing_signature_raises_the_sdks_error_and_sends_nothing(
@@ -214,7 +218,7 @@ def test_a_bad_or_missing_signature_raises_the_sdks_error_and_sends_nothing(
     driver.close(handler)
 
     assert ran == []
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 def test_a_huge_body_is_handled_without_trouble(
@@ -262,7 +266,7 @@ def test_sync_handle_refuses_async_handlers_before_marking(
     with pytest.raises(TypeError, match="handle_async"):
         handler.handle(*body_of(text_event(user_id="U1")))
     handler.close()
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 async def test_handle_async_awaits_whatever_awaitable_a_handler_returns(
@@ -557,3 +561,102 @@ def test_closing_is_idempotent_and_final(fake: FakeLinePlatform) -> None:
     marker.close()
     with pytest.raises(RuntimeError, match="closed"):
         marker.mark([text_event(user_id="U1")])
+
+
+def test_events_of_the_legacy_sdk_get_an_error_that_says_what_to_do(
+    fake: FakeLinePlatform,
+) -> None:
+    """Issue 16 item 18: the v2 parser's ``MessageEvent`` has the v3 one's name."""
+    import linebot  # the legacy (v2) package line-bot-sdk 3 still ships  # noqa: PLC0415
+
+    event = text_event("hi", user_id="U1")
+    body, signature = signed_body(event, channel_secret=SECRET)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy SDK warns that it is deprecated
+        (legacy,) = linebot.WebhookParser(SECRET).parse(body, signature)
+    assert type(legacy).__module__ == "linebot.models.events"
+    with Marker(configuration=fake.configuration()) as marker:
+        with pytest.raises(TypeError) as raised:
+            marker.mark([legacy])
+        message = str(raised.value)
+        assert "linebot.models.events.MessageEvent" in message
+        assert "legacy linebot (v2)" in message
+        assert "linebot.v3" in message
+        assert "raw JSON" in message
+        assert fake.mark_requests() == []
+        # What the message advises works: the body's own JSON events.
+        assert marker.mark(json.loads(body)["events"]) == [Outcome.MARKED]
+    assert fake.marked_tokens() == [token_of(event)]
+
+
+def test_line_api_host_from_the_environment_is_one_rule_for_every_entry_point(
+    fake: FakeLinePlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16 item 17: explicit argument, then ``LINE_API_HOST``, then api.line.me."""
+    from line_markread import read_first  # noqa: PLC0415  # only this test uses it
+    from line_markread._read_first import _shared  # noqa: PLC0415
+
+    with FakeLinePlatform() as elsewhere:
+        monkeypatch.setenv("LINE_API_HOST", fake.url + "/")  # as set by hand: a trailing slash
+        monkeypatch.setenv("LINE_CHANNEL_ACCESS_TOKEN", fake.access_token)
+        token = fake.access_token
+        events = [text_event(str(n), user_id=f"U{n}") for n in range(5)]
+
+        with Marker(access_token=token) as marker:
+            assert marker.mark([events[0]]) == [Outcome.MARKED]
+        with WebhookHandler(SECRET, access_token=token) as handler:
+            handler.add(MessageEvent, message=TextMessageContent)(lambda event: None)
+            handler.handle(*body_of(events[1]))
+        with install(linebot.v3.WebhookHandler(SECRET), access_token=token) as installed:
+            installed.add(MessageEvent, message=TextMessageContent)(lambda event: None)
+            installed.handle(*body_of(events[2]))
+        sdk_handler = linebot.v3.WebhookHandler(SECRET)
+        sdk_handler.add(MessageEvent, message=TextMessageContent)(read_first(lambda event: None))
+        try:
+            sdk_handler.handle(*body_of(events[3]))
+        finally:
+            for shared in list(_shared.values()):
+                shared.close()
+            _shared.clear()
+        # The explicit argument wins over the environment: host= or a configuration.
+        monkeypatch.setenv("LINE_API_HOST", fake.url)
+        with Marker(access_token=elsewhere.access_token, host=elsewhere.url) as marker:
+            assert marker.mark([events[4]]) == [Outcome.MARKED]
+        with Marker(configuration=elsewhere.configuration()) as marker:
+            assert marker.mark([text_event(user_id="U5")]) == [Outcome.MARKED]
+
+        assert fake.marked_tokens() == [token_of(e) for e in events[:4]]
+        assert len(elsewhere.marked_tokens()) == 2
+
+
+def test_a_bad_host_is_refused_at_construction_naming_where_it_came_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LINE_API_HOST", "api.line.me")
+    with pytest.raises(ValueError, match="LINE_API_HOST must be an http"):
+        Marker(access_token="t")
+    with pytest.raises(ValueError, match="host must be an http"):
+        Marker(access_token="t", host="ftp://example")
+    with pytest.raises(TypeError, match="configuration carries its own host"):
+        Marker(configuration=Configuration(access_token="t"), host="http://127.0.0.1:1")
+    monkeypatch.setenv("LINE_API_HOST", "  ")  # blank: as if unset
+    assert "https://api.line.me" in repr(Marker(access_token="t"))
+
+
+def test_duplicates_counts_every_redelivery_as_its_doc_says(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    """Issue 16 item 19: the counter and its documentation agree."""
+    handler = new_handler()
+    handler.add(MessageEvent, message=TextMessageContent)(lambda event: None)
+    fake.script(TOKEN_PATH, 400)
+    event = text_event(user_id="U1")
+    for _ in range(3):  # delivered, redelivered after a failed mark, redelivered once more
+        driver.handle(handler, *body_of(event))
+
+    assert [r.status for r in fake.mark_requests()] == [400, 200]  # sent again once only
+    assert handler.stats().duplicates == 2  # both redeliveries, the one sent again included
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    promises = [inspect.getsource(_stats), readme]
+    assert not any("never sent twice" in text for text in promises)
+    assert all("first mark failed" in text for text in promises)

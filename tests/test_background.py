@@ -125,7 +125,7 @@ def test_handle_returns_while_the_handler_runs_and_the_handler_still_waits_for_i
     event = text_event("a slow question", user_id=USER_A)
     driver.handle(handler, *body(event))
     # Returned while LINE had not answered the mark yet (delayed 1 s; wait_timeout is 5 s).
-    assert [r.completed for r in fake.requests] in ([], [False])
+    assert [r.completed for r in fake.requests()] in ([], [False])
     assert journal.order("start") == []
     journal.wait_for(1, "start")
     (mark,) = fake.wait_for_requests(1, path=TOKEN_MARK_AS_READ_PATH)
@@ -316,7 +316,7 @@ def test_a_full_pool_refuses_the_body_before_marking_anything(
     journal.wait_for(2)
     marked = [r.json for r in fake.wait_for_requests(2, path=TOKEN_MARK_AS_READ_PATH)]
     assert {"markAsReadToken": refused["message"]["markAsReadToken"]} not in marked
-    assert len(fake.requests) == 2, "nothing of the refused body reached LINE"
+    assert len(fake.requests()) == 2, "nothing of the refused body reached LINE"
     assert handler.stats().background_refused == 1
     # Room again: the next body is taken.
     driver.handle(handler, *body(text_event("four", user_id=USER_A)))
@@ -428,7 +428,7 @@ def test_serverless_mode_refuses_background_at_registration(fake: FakeLinePlatfo
         with pytest.raises(ValueError, match=r"background.*settle_before_return"):
             handler.default(background=True)
         handler.add(MessageEvent, message=TextMessageContent, loading=True)(lambda event: None)
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 def test_lanes_schedule_one_job_per_chat_within_the_worker_limit() -> None:

@@ -91,7 +91,7 @@ def test_ready_when_mark_as_read_mode_is_manual(
     assert "chatMode:       chat" in out
     assert "markAsReadMode: manual" in out
     assert "line_markread is needed" in out
-    (request,) = fake.requests
+    (request,) = fake.requests()
     assert (request.method, request.path, request.authorized) == ("GET", BOT_INFO, True)
 
 
@@ -106,7 +106,7 @@ def test_token_comes_from_the_environment_when_the_flag_is_absent(
     assert report["outcome"] == "ready"
     assert report["bot"]["displayName"] == "Shop Bot"
     assert report["bot"]["markAsReadMode"] == "manual"
-    assert fake.requests[0].authorized
+    assert fake.requests()[0].authorized
 
 
 def test_flag_wins_over_the_environment(
@@ -139,7 +139,7 @@ def test_missing_token_exits_2_without_a_request(
     assert code == 2
     assert out == ""
     assert "LINE_CHANNEL_ACCESS_TOKEN" in err
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 def test_wrong_token_exits_4(fake: FakeLinePlatform, capsys: pytest.CaptureFixture[str]) -> None:
@@ -148,7 +148,7 @@ def test_wrong_token_exits_4(fake: FakeLinePlatform, capsys: pytest.CaptureFixtu
     assert code == 4
     assert report["outcome"] == "unauthorized"
     assert report["http_status"] == 401
-    assert report["request_id"] == fake.requests[0].request_id
+    assert report["request_id"] == fake.requests()[0].request_id
 
 
 @pytest.mark.parametrize(
@@ -203,7 +203,7 @@ def test_token_with_inner_whitespace_is_refused_before_any_request(
     code, out, err = check(capsys, "--host", fake.url, "--access-token", TOKEN[:5] + "\n" + TOKEN)
 
     assert code == 2
-    assert fake.requests == []
+    assert fake.requests() == []
     assert TOKEN not in out + err
 
 

@@ -87,7 +87,7 @@ def test_serverless_mode_is_bounded_by_settle_timeout(
     with caplog.at_level(logging.WARNING, logger="line_markread"):
         driver.handle(handler, webhook.body, webhook.signature)
     assert time.monotonic() - began < 10.0  # cut at 0.3 s, not at the 20 s request timeout
-    assert fake.requests[0].responded_at is None  # still hanging: the mark was cut, not settled
+    assert fake.requests()[0].responded_at is None  # still hanging: the mark was cut, not settled
     assert "still had a mark in progress after settle_timeout" in caplog.text
     driver.close(handler, grace=0.0)
 
@@ -100,7 +100,7 @@ def test_serverless_mode_with_nothing_to_mark_returns_at_once(
     began = time.monotonic()
     driver.handle(handler, webhook.body, webhook.signature)
     assert time.monotonic() - began < 5.0
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 @attrs.frozen
@@ -125,7 +125,7 @@ def test_serverless_mode_refuses_background_handlers_before_any_request(
     if settle:
         with pytest.raises(ValueError, match=r"background.*settle_before_return"):
             driver.handle(handler, webhook.body, webhook.signature)
-        assert (ran, fake.requests) == ([], [])
+        assert (ran, fake.requests()) == ([], [])
     else:
         driver.handle(handler, webhook.body, webhook.signature)
         driver.close(handler)  # a background handler runs after handle(); close drains it
@@ -252,7 +252,7 @@ def test_lambda_answers_every_event_shape_with_its_marks_settled(
     }
     # Everything the body needed was over before the function returned (Lambda
     # freezes the process right then).
-    assert all(r.responded_at is not None and r.responded_at < returned for r in fake.requests)
+    assert all(r.responded_at is not None and r.responded_at < returned for r in fake.requests())
     assert [r.status for r in fake.mark_requests()] == [503, 200]
     assert fake.marked_tokens() == [event["message"]["markAsReadToken"]]
 
@@ -276,7 +276,7 @@ def test_lambda_answers_400_to_a_bad_signature(
     webhook = webhooks(text_event())
     response = lambda_handler(SHAPES[shape](webhook.body, headers), None)
     assert (response["statusCode"], response["body"]) == (400, text)
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 @pytest.mark.parametrize(
@@ -297,7 +297,7 @@ def test_lambda_answers_400_to_an_event_that_is_not_a_webhook(
 ) -> None:
     response = lambda_handler(event, None)
     assert response["statusCode"] == 400
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 def test_lambda_finds_the_signature_in_multi_value_headers_alone(
@@ -322,7 +322,7 @@ def test_lambda_answers_405_to_other_methods(
         _http_api_v2(webhook.body, webhook.headers, base64_body=False, method="GET"),
     ):
         assert lambda_handler(event, None)["statusCode"] == 405
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 def test_lambda_refuses_a_handler_without_serverless_mode() -> None:
@@ -526,7 +526,7 @@ def test_an_unhandled_message_edited_event_is_not_marked(
     handler = new_handler(mark_unhandled=True)
     webhook = webhooks(_message_edited("C" + "1" * 32))
     driver.handle(handler, webhook.body, webhook.signature)
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 # -- several processes: see test_examples for the real thing; the engine's part here ------

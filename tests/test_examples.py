@@ -308,7 +308,7 @@ def test_a_bad_signature_gets_400_and_no_api_call(
     good = webhooks(text_event())
     bot.send(good)
     line.wait_for_requests(2)
-    assert [r.path for r in line.requests] == [TOKEN_MARK_AS_READ_PATH, REPLY_PATH]
+    assert [r.path for r in line.requests()] == [TOKEN_MARK_AS_READ_PATH, REPLY_PATH]
     assert_marked_before_replied(line, good.events)
 
 
@@ -529,7 +529,7 @@ def test_cloud_function_returns_once_its_marks_settled(
         bot.send(webhooks(text_event("slow")))
         answered = time.monotonic()
         # Cloud Run throttles the CPU now: everything must be over already.
-        requests = fresh_line.requests
+        requests = fresh_line.requests()
         assert all(r.responded_at is not None and r.responded_at < answered for r in requests)
         assert [r.status for r in fresh_line.mark_requests()] == [503, 200]
 
@@ -593,7 +593,7 @@ def test_lambda_function_frozen_when_it_returns_has_settled_its_marks(
         frozen = time.monotonic()
         try:
             assert response["statusCode"] == 200
-            requests = fresh_line.requests
+            requests = fresh_line.requests()
             assert [(r.path, r.status) for r in requests] == [
                 (TOKEN_MARK_AS_READ_PATH, 503),
                 (TOKEN_MARK_AS_READ_PATH, 200),

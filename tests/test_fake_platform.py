@@ -23,8 +23,19 @@ from linebot.v3.messaging import (
     ShowLoadingAnimationRequest,
     TextMessage,
 )
+from linebot.v3.webhooks import MessageEvent, StickerMessageContent, TextMessageContent
 
-from line_markread.testing import FakeLinePlatform, Fault, RecordedRequest
+from line_markread import WebhookHandler
+from line_markread.testing import (
+    FakeLinePlatform,
+    Fault,
+    RecordedRequest,
+    WebhookFactory,
+    assert_marked_before_replied,
+    signed_body,
+    sticker_event,
+    text_event,
+)
 
 TOKEN_API = "/v2/bot/chat/markAsRead"
 USER_API = "/v2/bot/message/markAsRead"
@@ -90,7 +101,7 @@ async def test_token_mark_as_read(fake: FakeLinePlatform, session: aiohttp.Clien
     assert answer.status == 200
     assert answer.json() == {}
     assert answer.headers["x-line-request-id"]
-    (record,) = fake.requests
+    (record,) = fake.requests()
     assert record.method == "POST"
     assert record.path == TOKEN_API
     assert record.json == {"markAsReadToken": "tok"}
@@ -220,7 +231,7 @@ def test_sdk_client_works_against_the_fake(fake: FakeLinePlatform) -> None:
     assert (info.chat_mode, info.mark_as_read_mode) == ("chat", "manual")
     assert len(reply.sent_messages) == 1
     assert fake.marked_tokens() == ["sdk-token"]
-    assert all(r.authorized and r.status == 200 for r in fake.requests)
+    assert all(r.authorized and r.status == 200 for r in fake.requests())
 
 
 def test_sync_client_urllib(fake: FakeLinePlatform) -> None:
@@ -264,7 +275,7 @@ async def test_unauthorized(
     assert answer.status == 401
     assert answer.json()["message"].startswith("Authentication failed.")
     assert answer.headers["x-line-request-id"]
-    assert not fake.requests[0].authorized
+    assert not fake.requests()[0].authorized
 
 
 async def test_bot_info_needs_auth(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> None:
@@ -407,7 +418,7 @@ async def test_scripted_fault_comes_before_validation(
     answer = await call(session, fake, TOKEN_API, raw=b"garbage", headers={})
 
     assert answer.status == 503
-    (record,) = fake.requests
+    (record,) = fake.requests()
     assert (record.status, record.authorized, record.raw_body) == (503, False, b"garbage")
 
 
@@ -494,7 +505,7 @@ async def test_hang_released_by_stop(session: aiohttp.ClientSession) -> None:
 
     with pytest.raises(aiohttp.ServerDisconnectedError):
         await pending
-    (record,) = fake.requests
+    (record,) = fake.requests()
     assert (record.outcome, record.status) == ("dropped", None)
 
 
@@ -509,7 +520,7 @@ async def test_delay_released_by_stop(session: aiohttp.ClientSession) -> None:
 
     with pytest.raises(aiohttp.ServerDisconnectedError):
         await pending
-    assert fake.requests[0].outcome == "dropped"
+    assert fake.requests()[0].outcome == "dropped"
 
 
 async def test_drop(fake: FakeLinePlatform, session: aiohttp.ClientSession) -> None:
@@ -561,14 +572,14 @@ async def test_latency_can_be_changed_while_running(
     answer = await call(session, fake, BOT_INFO, method="GET")
 
     assert answer.status == 200
-    assert [r.outcome for r in fake.requests] == ["abandoned", "responded"]
+    assert [r.outcome for r in fake.requests()] == ["abandoned", "responded"]
 
 
 async def test_latency_applies_to_errors(session: aiohttp.ClientSession) -> None:
     """Even a 401 waits for the latency."""
     with FakeLinePlatform(latency=0.2) as fake:
         answer = await call(session, fake, TOKEN_API, {}, headers={})
-        (record,) = fake.requests
+        (record,) = fake.requests()
 
     assert answer.status == 401
     assert record.responded_at is not None
@@ -585,7 +596,7 @@ async def test_records_are_ordered_and_timed(
     for i in range(5):
         await call(session, fake, TOKEN_API, {"markAsReadToken": f"t{i}"})
 
-    records = fake.requests
+    records = fake.requests()
 
     assert [r.json for r in records] == [{"markAsReadToken": f"t{i}"} for i in range(5)]
     for record in records:
@@ -601,9 +612,9 @@ async def test_requests_is_a_snapshot(
     """Changing the returned list changes nothing in the fake."""
     await call(session, fake, TOKEN_API, {"markAsReadToken": "t"})
 
-    fake.requests.clear()
+    fake.requests().clear()
 
-    assert len(fake.requests) == 1
+    assert len(fake.requests()) == 1
 
 
 async def test_authorization_is_redacted(
@@ -612,12 +623,12 @@ async def test_authorization_is_redacted(
     """The access token never shows up in a record; other headers do, case-insensitively."""
     await call(session, fake, TOKEN_API, {"markAsReadToken": "t"}, headers={**AUTH, "X-Mine": "1"})
 
-    (record,) = fake.requests
+    (record,) = fake.requests()
 
     assert record.headers["authorization"] == "[REDACTED]"
     assert record.headers["x-mine"] == "1"
     assert ACCESS_TOKEN not in repr(record)
-    assert ACCESS_TOKEN not in repr(fake.requests)
+    assert ACCESS_TOKEN not in repr(fake.requests())
 
 
 def test_wait_for_requests_times_out_helpfully(fake: FakeLinePlatform) -> None:
@@ -681,7 +692,7 @@ async def test_reset_forgets_records_scripts_and_rejections(
         info = (await call(session, fake, BOT_INFO, method="GET")).json()
 
     assert answer.status == 200
-    assert [r.json for r in fake.requests] == [{"markAsReadToken": "t"}, None]
+    assert [r.json for r in fake.requests()] == [{"markAsReadToken": "t"}, None]
     assert fake.marked_tokens() == ["t"]
     assert (info["displayName"], info["chatMode"]) == ("Kept", "bot")
 
@@ -728,8 +739,8 @@ def test_two_instances_at_once() -> None:
         with urllib.request.urlopen(request) as response:
             assert response.status == 200
 
-        assert len(one.requests) == 1
-        assert two.requests == []
+        assert len(one.requests()) == 1
+        assert two.requests() == []
 
 
 def test_lifecycle() -> None:
@@ -819,3 +830,71 @@ async def test_a_token_script_comes_before_the_path_script(
         headers={"Authorization": f"Bearer {fake.access_token}"},
     ) as response:
         assert response.status == 200
+
+
+# -- issue 16 item 19: the test kit's assertions ---------------------------------------
+
+SECRET = "kit-channel-secret"
+
+
+def _reply(platform: FakeLinePlatform, event: Any) -> None:
+    with ApiClient(platform.configuration()) as client:
+        MessagingApi(client).reply_message(
+            ReplyMessageRequest(reply_token=event.reply_token, messages=[TextMessage(text="ok")])
+        )
+
+
+def _replying_bot(platform: FakeLinePlatform, **sticker_options: Any) -> WebhookHandler:
+    handler = WebhookHandler(SECRET, configuration=platform.configuration())
+    handler.add(MessageEvent, message=TextMessageContent)(lambda event: _reply(platform, event))
+    handler.add(MessageEvent, message=StickerMessageContent, **sticker_options)(
+        lambda event: _reply(platform, event)
+    )
+    return handler
+
+
+def test_a_newer_message_left_out_of_events_still_covers_its_chat(
+    fake: FakeLinePlatform,
+) -> None:
+    older, newer = text_event("1", user_id="U1"), text_event("2", user_id="U1")
+    with _replying_bot(fake) as handler:
+        handler.handle(*signed_body(older, newer, channel_secret=SECRET))
+    assert fake.marked_tokens() == [newer["message"]["markAsReadToken"]]  # one mark for both
+
+    assert_marked_before_replied(fake, [older])  # covered by the newer message's mark
+    assert_marked_before_replied(fake, [newer])
+    assert_marked_before_replied(fake, [older, newer])
+
+
+def test_a_reply_before_any_mark_of_its_chat_still_fails(fake: FakeLinePlatform) -> None:
+    early, other_chat = text_event("1", user_id="U1"), text_event("2", user_id="U2")
+    with ApiClient(fake.configuration()) as client:
+        MessagingApi(client).reply_message(
+            ReplyMessageRequest(reply_token=early["replyToken"], messages=[TextMessage(text="x")])
+        )
+    with _replying_bot(fake) as handler:  # a newer message, but of another chat, marked later
+        handler.handle(*signed_body(other_chat, channel_secret=SECRET))
+    with pytest.raises(AssertionError, match="before it was marked read"):
+        assert_marked_before_replied(fake, [early])
+
+
+def test_the_factory_form_skips_replies_to_opted_out_messages(fake: FakeLinePlatform) -> None:
+    webhooks = WebhookFactory(SECRET)
+    sticker, text = sticker_event(user_id="U1"), text_event("hi", user_id="U2")
+    webhook = webhooks(sticker, text)
+    with _replying_bot(fake, mark_as_read=False) as handler:  # stickers opt out, still answered
+        handler.handle(webhook.body, webhook.signature)
+
+    webhooks.assert_marked_before_replied(fake, opted_out=[sticker])
+    assert_marked_before_replied(fake, webhook.events, opted_out=[sticker])
+    webhooks.assert_not_marked(fake, sticker)
+    with pytest.raises(AssertionError, match="sticker message"):
+        webhooks.assert_marked_before_replied(fake)  # told nothing, it expects every mark
+    with pytest.raises(AssertionError, match="no reply to any of the 0 message"):
+        webhooks.assert_marked_before_replied(fake, opted_out=[sticker, text])
+
+
+def test_requests_is_a_method_like_the_other_record_views(fake: FakeLinePlatform) -> None:
+    for name in ("requests", "mark_requests", "loading_requests", "marked_tokens"):
+        assert callable(getattr(fake, name)), name
+    assert fake.requests() == fake.mark_requests() == fake.loading_requests() == []

@@ -8,6 +8,7 @@ headers or stream 50 MB.  Each test names the fault-matrix row it proves
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -23,13 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
+from aiohttp import web
+from linebot.v3.exceptions import InvalidSignatureError
 from linebot.v3.messaging import Configuration
 from linebot.v3.webhooks import MessageEvent
+from starlette.applications import Starlette
 
+import line_markread.aiohttp
+import line_markread.aws_lambda
+import line_markread.starlette
 from line_markread import Marker, MarkFailure, Outcome, WebhookBodyError, WebhookHandler
 from line_markread._callbacks import CALLBACK_QUEUE, CallbackThread
 from line_markread._cli.check import inspect_account
-from line_markread.testing import sign, text_event
+from line_markread.testing import FakeLinePlatform, sign, text_event, webhook_body
 
 from .hostile import (
     RawRequest,
@@ -636,7 +644,7 @@ def test_the_fault_matrix_names_only_tests_that_exist() -> None:
     named = set(re.findall(r"`(test_[a-z0-9_]+)`", matrix))
     defined = set()
     for module in (root / "tests").glob("test_*.py"):
-        defined |= set(re.findall(r"^def (test_[a-z0-9_]+)\(", module.read_text(), re.M))
+        defined |= set(re.findall(r"^(?:async )?def (test_[a-z0-9_]+)\(", module.read_text(), re.M))
     assert len(named) >= 30
     assert named - defined == set()
 
@@ -664,3 +672,139 @@ def test_failures_beyond_the_callback_queue_are_dropped_counted_and_logged_once(
     assert 49 <= dropped <= 50  # the thread may have taken the first call off the queue
     assert len(seen) == accepted.count(True)
     assert len([r for r in caplog.records if "falling behind" in r.getMessage()]) == 1
+
+
+# -- issue 16 item 13: a signature or body that cannot be encoded is a 400 ----------
+
+NOT_UTF8_SIGNATURE = b"\xff\xfe\x80="
+"""Header bytes that are not UTF-8: aiohttp hands them on as lone surrogates."""
+
+
+async def _raw_post(port: int, body: bytes, signature: bytes) -> int:
+    """POST /callback over a raw socket with *signature* as the header's bytes; the status."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        b"POST /callback HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"X-Line-Signature: " + signature + b"\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+    )
+    writer.write(head + body)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return int(answer.split(b" ", 2)[1])
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_signature_that_is_not_utf8_is_a_400_on_a_real_aiohttp_server(
+    fake: FakeLinePlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = with_text_handler(WebhookHandler(SECRET, configuration=fake.configuration()))
+    body = webhook_body(text_event(user_id="U1")).encode()
+
+    async def scenario() -> list[int]:
+        app = line_markread.aiohttp.init_app(web.Application(), handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            return [
+                await _raw_post(port, body, NOT_UTF8_SIGNATURE),
+                await _raw_post(port, body, sign(body, SECRET).encode()),  # the server works
+            ]
+        finally:
+            await runner.cleanup()
+
+    with caplog.at_level(logging.ERROR):
+        statuses = asyncio.run(scenario())
+    assert statuses == [400, 200]
+    assert _errors(caplog) == []
+    assert len(fake.mark_requests()) == 1  # the signed one only
+
+
+def test_a_signature_that_is_not_utf8_is_a_400_on_a_real_uvicorn_server(
+    fake: FakeLinePlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = with_text_handler(WebhookHandler(SECRET, configuration=fake.configuration()))
+    app = Starlette(lifespan=line_markread.starlette.lifespan(handler))
+    line_markread.starlette.init_app(app, handler)
+    body = webhook_body(text_event(user_id="U1")).encode()
+
+    async def scenario() -> list[int]:
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        )
+        serving = asyncio.create_task(server.serve())
+        started = time.monotonic()
+        while not server.started:  # uvicorn's own readiness flag, with a generous bound
+            assert not serving.done()
+            assert time.monotonic() - started < 30
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            return [
+                await _raw_post(port, body, NOT_UTF8_SIGNATURE),
+                await _raw_post(port, body, sign(body, SECRET).encode()),
+            ]
+        finally:
+            server.should_exit = True
+            await serving
+
+    with caplog.at_level(logging.ERROR):
+        statuses = asyncio.run(scenario())
+    assert statuses == [400, 200]
+    assert _errors(caplog) == []
+    assert handler.marker.closed
+
+
+@pytest.mark.parametrize("signature", ["\udcff\udcfe=", "é" * 44, "\x00" * 44])
+def test_an_unencodable_signature_is_invalid_on_both_handle_paths(
+    driver: Driver,
+    new_handler: Callable[..., WebhookHandler],
+    fake: FakeLinePlatform,
+    signature: str,
+) -> None:
+    handler = with_text_handler(new_handler())
+    body, _ = body_of(text_event(user_id="U1"))
+    with pytest.raises(InvalidSignatureError) as raised:
+        driver.handle(handler, body, signature)
+    assert signature not in str(raised.value) or signature.isascii()
+    str(raised.value).encode("utf-8")  # printable by any log handler
+    assert fake.mark_requests() == []
+
+
+def _lambda_event(body: str, signature: str) -> dict[str, Any]:
+    """An API Gateway HTTP API (v2) event, as Lambda hands it to the function."""
+    return {
+        "version": "2.0",
+        "requestContext": {"http": {"method": "POST", "path": "/callback"}},
+        "headers": {"content-type": "application/json", "x-line-signature": signature},
+        "body": body,
+        "isBase64Encoded": False,
+    }
+
+
+def test_lone_surrogates_in_a_lambda_event_are_a_400_not_an_exception(
+    fake: FakeLinePlatform,
+) -> None:
+    handler = WebhookHandler(SECRET, configuration=fake.configuration(), settle_before_return=True)
+    with_text_handler(handler)
+    function = line_markread.aws_lambda.lambda_handler(handler)
+    body, signature = body_of(text_event(user_id="U1"))
+    try:
+        broken_body = body.replace('"text"', '"te\udcffxt"', 1)
+        answers = [
+            function(_lambda_event(body, "\udcff" + signature[1:]), None),
+            function(_lambda_event(broken_body, signature), None),
+            function(_lambda_event(body, signature), None),  # and the function still works
+        ]
+    finally:
+        handler.close()
+    assert [a["statusCode"] for a in answers] == [400, 400, 200]
+    assert [a["body"] for a in answers[:2]] == ["Invalid signature\n", "Invalid webhook body\n"]
+    assert len(fake.mark_requests()) == 1

@@ -146,9 +146,9 @@ def test_mark_then_loading_then_handler_then_reply_in_a_one_to_one_chat(
     event = text_event("what is the answer?")
     driver.handle(handler, *signed_body(event, channel_secret=SECRET))
 
-    (mark,) = [r for r in fake.requests if r.path == TOKEN_MARK_AS_READ_PATH]
+    (mark,) = [r for r in fake.requests() if r.path == TOKEN_MARK_AS_READ_PATH]
     (start,) = loading(fake)
-    (answered,) = [r for r in fake.requests if r.path == REPLY_PATH]
+    (answered,) = [r for r in fake.requests() if r.path == REPLY_PATH]
     assert start.json == {"chatId": event["source"]["userId"], "loadingSeconds": 20}
     assert start.status == 202
     assert start.authorized
@@ -178,7 +178,7 @@ def test_no_loading_in_groups_and_rooms_and_the_handler_still_runs(
     driver.handle(handler, *body)
     assert ran == ["in a group", "in a room"]
     assert loading(fake) == []
-    assert len([r for r in fake.requests if r.path == TOKEN_MARK_AS_READ_PATH]) == 2
+    assert len([r for r in fake.requests() if r.path == TOKEN_MARK_AS_READ_PATH]) == 2
     assert handler.stats().loading_skipped == 2
 
 
@@ -338,7 +338,7 @@ def test_show_loading_checks_its_seconds(
         pytest.raises(error),
     ):
         handler.show_loading(object(), value)  # type: ignore[arg-type]  # the point
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 # -- the test kit's check ------------------------------------------------------
@@ -402,7 +402,7 @@ def test_assert_loading_before_replied_fails_when_the_mark_came_after_the_reply(
 
 
 def _sequence_holds(fake: FakeLinePlatform, started: float, seconds: int) -> None:
-    (mark,) = [r for r in fake.requests if r.path == TOKEN_MARK_AS_READ_PATH]
+    (mark,) = [r for r in fake.requests() if r.path == TOKEN_MARK_AS_READ_PATH]
     (start,) = loading(fake)
     assert mark.responded_at is not None
     assert start.responded_at is not None

@@ -355,7 +355,7 @@ def test_handlers_and_requests_match_the_sdk_parsed_plan(
             with pytest.raises(WebhookBodyError):
                 driver.handle(handler, body, signature)
             driver.close(handler)
-            assert platform.requests == [], "a request left for a body the SDK rejects"
+            assert platform.requests() == [], "a request left for a body the SDK rejects"
             return
         driver.handle(handler, body, signature)
         driver.close(handler)
@@ -386,7 +386,7 @@ def test_a_body_with_one_event_the_sdk_rejects_sends_nothing(
     with pytest.raises(WebhookBodyError):
         driver.handle(handler, body, signature)
     driver.close(handler)
-    assert fake.requests == []
+    assert fake.requests() == []
     assert ran == []
 
 
@@ -466,7 +466,7 @@ def test_postback_and_follow_run_their_handlers_with_the_sdk_models(
     driver.handle(handler, body, signature)
     driver.close(handler)
     assert seen == [build_event(raw) for raw in events]
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 def test_a_message_whose_source_type_is_not_a_string_is_refused_cleanly(
@@ -480,7 +480,7 @@ def test_a_message_whose_source_type_is_not_a_string_is_refused_cleanly(
     with pytest.raises(WebhookBodyError):
         driver.handle(handler, body, signature)
     driver.close(handler)
-    assert fake.requests == []
+    assert fake.requests() == []
 
 
 def test_handle_refuses_an_async_handler_of_a_body_with_nothing_to_mark(
@@ -514,4 +514,4 @@ def test_handle_refuses_an_async_handler_before_any_mark_is_sent(fake: FakeLineP
     with pytest.raises(TypeError, match="is a coroutine function"):
         handler.handle(body, signature)
     handler.close()
-    assert fake.requests == []
+    assert fake.requests() == []

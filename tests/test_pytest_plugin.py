@@ -92,7 +92,7 @@ def test_line_platform_runs_for_one_test(bot_tests: pytest.Pytester) -> None:
 
         def test_running(line_platform):
             assert line_platform.url.startswith("http://127.0.0.1:")
-            assert line_platform.requests == []
+            assert line_platform.requests() == []
             seen.append(line_platform)
 
         def test_a_new_one_each_test_and_the_last_one_stopped(line_platform):
@@ -198,7 +198,7 @@ def test_marked_before_replied_passes_for_a_marking_bot_and_fails_for_the_sdks(
         [
             "*1 of 1 replies came before the message was marked read*",
             "*replied to text message * in user U* before it was marked read*",
-            "*no reply to any of the 1 message(s) given: nothing to check*",
+            "*no reply to any of the 1 message(s) expected to be marked: nothing to check*",
             "*mark-as-read requests were sent for: sticker message *",
         ],
         consecutive=False,

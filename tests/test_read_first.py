@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +16,7 @@ from linebot.v3.webhook import WebhookParser
 from linebot.v3.webhooks import MessageEvent, StickerMessageContent, TextMessageContent
 
 from line_markread import Marker, WebhookHandler, install, read_first
-from line_markread._read_first import _shared
+from line_markread._read_first import _join_closers, _shared
 from line_markread.testing import (
     TOKEN_MARK_AS_READ_PATH,
     FakeLinePlatform,
@@ -276,3 +278,228 @@ def test_the_async_driver_runs_decorated_handlers(fake: FakeLinePlatform) -> Non
     finally:
         driver.close(handler)
         driver.finish()
+
+
+# -- issue 16 item 16: everything passed through, the event found among the arguments --
+
+
+def _parsed(*events: dict[str, Any]) -> list[Any]:
+    return list(WebhookParser(SECRET).parse(*body_of(*events)))
+
+
+@pytest.mark.usefixtures("line_env")
+def test_methods_keyword_and_extra_arguments_pass_through_after_the_mark(
+    fake: FakeLinePlatform,
+) -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    class Bot:
+        @read_first
+        def on_text(self, event: Any, reply: str = "") -> None:
+            calls.append((self, event.message.text, reply, len(fake.marked_tokens())))
+
+    @read_first
+    def with_extras(prefix: str, event: Any, *rest: Any, **named: Any) -> None:
+        calls.append((prefix, event["message"]["text"], rest, named))
+
+    bot = Bot()
+    first, second, third = (text_event(str(n), user_id=f"U{n}") for n in range(3))
+    model_1, model_2 = _parsed(first, second)
+    bot.on_text(model_1)
+    bot.on_text(event=model_2, reply="hi")
+    with_extras("p", third, 1, 2, flag=True)  # the event's JSON, as a parser bot may keep it
+
+    assert calls == [
+        (bot, "0", "", 1),
+        (bot, "1", "hi", 2),
+        ("p", "2", (1, 2), {"flag": True}),
+    ]
+    assert fake.marked_tokens() == [token_of(first), token_of(second), token_of(third)]
+
+
+@pytest.mark.usefixtures("line_env")
+async def test_an_async_method_with_keyword_arguments_passes_through(
+    fake: FakeLinePlatform,
+) -> None:
+    class Bot:
+        @read_first
+        async def on_text(self, event: Any, *, reply: str) -> tuple[Any, str, str]:
+            await asyncio.sleep(0)
+            return self, event.message.text, reply
+
+    bot = Bot()
+    event = text_event("hello", user_id="U1")
+    (model,) = _parsed(event)
+    assert await bot.on_text(model, reply="r") == (bot, "hello", "r")
+    assert await bot.on_text(reply="s", event=model) == (bot, "hello", "s")
+    assert fake.marked_tokens()[0] == token_of(event)
+    for marker in list(_shared.values()):
+        await marker.aclose()
+    _shared.clear()
+
+
+@pytest.mark.usefixtures("line_env")
+def test_a_method_on_the_sdks_own_handler_gets_what_it_takes(fake: FakeLinePlatform) -> None:
+    handler = linebot.v3.WebhookHandler(SECRET)
+    seen: list[Any] = []
+
+    class Bot:
+        @read_first
+        def on_text(self, event: Any) -> None:
+            seen.append((self, event.message.text))
+
+    bot = Bot()
+    handler.add(MessageEvent, message=TextMessageContent)(bot.on_text)
+    event = text_event("m", user_id="U1")
+    handler.handle(*body_of(event))
+    assert seen == [(bot, "m")]
+    assert fake.marked_tokens() == [token_of(event)]
+
+
+@pytest.mark.usefixtures("line_env")
+def test_a_call_that_cannot_run_raises_before_anything_is_marked(fake: FakeLinePlatform) -> None:
+    @read_first
+    def on_text(event: Any) -> None:
+        raise AssertionError("must not run")
+
+    (model,) = _parsed(text_event(user_id="U1"))
+    with pytest.raises(TypeError, match=r"on_text\(\) cannot be called"):
+        on_text(model, "unexpected", 3)  # type: ignore[call-arg]  # the mistake under test
+    with pytest.raises(TypeError, match=r"no argument of .*on_text.* is a webhook event"):
+        on_text("not an event")
+    assert fake.requests() == []
+
+
+# -- issue 16 item 15: @read_first above @handler.add is refused, not silent -----------
+
+
+def test_read_first_above_the_sdks_add_is_refused_at_decoration() -> None:
+    handler = linebot.v3.WebhookHandler(SECRET)
+
+    with pytest.raises(TypeError, match=r"above @handler\.add"):
+
+        @read_first
+        @handler.add(MessageEvent, message=TextMessageContent)
+        def on_text(event: Any) -> None:
+            pass
+
+    with pytest.raises(TypeError, match=r"above @handler.add\(...\) on .*on_default"):
+
+        @read_first(mark_as_read="nowait")
+        @handler.default()
+        def on_default(event: Any) -> None:
+            pass
+
+    # Underneath, as documented, is fine; so is decorating a function nobody registered.
+    @handler.add(MessageEvent, message=StickerMessageContent)
+    @read_first
+    def on_sticker(event: Any) -> None:
+        pass
+
+    read_first(lambda event: None)
+
+
+def test_read_first_above_an_installed_handlers_add_is_refused(fake: FakeLinePlatform) -> None:
+    def build() -> None:
+        handler = WebhookHandler(SECRET, configuration=fake.configuration())  # a local
+        try:
+
+            @read_first(loading=True)  # its options would be silently ignored
+            @handler.add(MessageEvent, message=TextMessageContent)
+            def on_text(event: Any) -> None:
+                pass
+
+        finally:
+            handler.close()
+
+    with pytest.raises(TypeError, match=r"put @read_first directly under @handler\.add"):
+        build()
+
+
+# -- issue 16 item 14: a rotated token's shared marker is closed, not kept ----------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.usefixtures("line_env")
+def test_rotating_the_access_token_keeps_threads_and_fds_bounded(
+    fake: FakeLinePlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler = linebot.v3.WebhookHandler(SECRET)
+
+    @handler.add(MessageEvent, message=TextMessageContent)
+    @read_first
+    def on_text(event: Any) -> None:
+        pass
+
+    events = []
+    baseline: tuple[int, int] | None = None
+    for n in range(20):
+        token = f"rotated-token-{n}"
+        fake.access_token = token
+        monkeypatch.setenv("LINE_CHANNEL_ACCESS_TOKEN", token)
+        events.append(text_event(str(n), user_id=f"U{n}"))
+        handler.handle(*body_of(events[-1]))
+        assert _join_closers(30)
+        if baseline is None:
+            baseline = (threading.active_count(), _open_fds())
+
+    assert baseline is not None
+    assert fake.marked_tokens() == [token_of(e) for e in events]  # each with its own token
+    # Flat, with slack for a thread still ending under load (each kept marker cost 2 and ~5 fds).
+    assert threading.active_count() <= baseline[0] + 4
+    assert _open_fds() <= baseline[1] + 10
+    assert len(_shared) == 1
+
+
+@pytest.mark.usefixtures("line_env")
+async def test_a_rotated_tokens_marker_closes_after_the_calls_using_it(
+    fake: FakeLinePlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    @read_first
+    async def on_text(event: Any) -> None:
+        if event.message.text == "slow":
+            entered.set()
+            await release.wait()
+
+    slow, fast = text_event("slow", user_id="U1"), text_event("fast", user_id="U2")
+    (slow_model,) = _parsed(slow)
+    (fast_model,) = _parsed(fast)
+    slow_call = asyncio.create_task(on_text(slow_model))
+    await entered.wait()
+    (old,) = _shared.values()
+
+    fake.access_token = "rotated-token"
+    monkeypatch.setenv("LINE_CHANNEL_ACCESS_TOKEN", "rotated-token")
+    await on_text(fast_model)  # a new marker for the new token; the old one is still in use
+    assert not old.closed
+    release.set()
+    await slow_call
+    assert await asyncio.to_thread(_join_closers, 30)
+    assert old.closed
+    assert fake.marked_tokens() == [token_of(slow), token_of(fast)]
+    for marker in list(_shared.values()):
+        await marker.aclose()
+    _shared.clear()
+
+
+def test_a_method_on_an_installed_handler_keeps_its_self(fake: FakeLinePlatform) -> None:
+    seen: list[Any] = []
+
+    class Bot:
+        @read_first(mark_as_read="nowait")
+        def on_text(self, event: Any) -> None:
+            seen.append((self, event.message.text))
+
+    bot = Bot()
+    with WebhookHandler(SECRET, configuration=fake.configuration()) as handler:
+        handler.add(MessageEvent, message=TextMessageContent)(bot.on_text)
+        handler.handle(*body_of(text_event("m", user_id="U1")))
+        handler.marker.flush()
+        assert seen == [(bot, "m")]
+        assert handler.stats().marked == 1

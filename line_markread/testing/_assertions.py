@@ -7,6 +7,10 @@ fixtures on them.
 
 from __future__ import annotations
 
+import itertools
+import math
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -40,6 +44,39 @@ class _Message:
     token: str | None
     reply_token: str | None
     label: str
+
+
+# -- messages the kit built, so a mark by a token left out of ``events`` still counts --
+
+_KNOWN_LIMIT = 100_000
+"""Messages remembered at most (the oldest forgotten first): a long test session stays small."""
+
+_known_lock = threading.Lock()
+_known: OrderedDict[str, tuple[ChatKey, int, int]] = OrderedDict()
+"""Read token -> (chat, timestamp, build order) of every message event the builders made."""
+_built = itertools.count()
+
+
+def remember_message(event: Event) -> None:
+    """Note a message event the kit built: the chat and order its read token marks up to."""
+    message, source = event.get("message"), event.get("source")
+    if not isinstance(message, Mapping) or not isinstance(source, Mapping):
+        return
+    token, chat, timestamp = message.get("markAsReadToken"), _chat(source), event.get("timestamp")
+    if not isinstance(token, str) or chat is None or not isinstance(timestamp, int):
+        return
+    with _known_lock:
+        _known[token] = (chat, timestamp, next(_built))
+        if len(_known) > _KNOWN_LIMIT:
+            _known.popitem(last=False)
+
+
+def _known_order(token: str | None) -> tuple[ChatKey, tuple[int, float]] | None:
+    if token is None:
+        return None
+    with _known_lock:
+        known = _known.get(token)
+    return None if known is None else (known[0], (known[1], known[2]))
 
 
 def _chat(source: Mapping[str, Any]) -> ChatKey | None:
@@ -76,11 +113,26 @@ def _messages(events: Iterable[Event]) -> list[_Message]:
 def _marked_up_to(
     record: RecordedRequest, by_token: Mapping[str, _Message], message: _Message
 ) -> bool:
-    """Whether *record* (a 200 mark) marked *message*'s chat read up to *message* or later."""
+    """Whether *record* (a 200 mark) marked *message*'s chat read up to *message* or later.
+
+    The marked token is looked up among the events given, then among every
+    message the kit's builders made: a newer message of the chat left out of
+    the events (its mark covered this one too) counts as well.  Between two
+    messages of equal timestamp the one built later is newer; if this message
+    was not built by the kit, only a strictly later timestamp counts.
+    """
     body = record.json if isinstance(record.json, Mapping) else {}
     if record.path == TOKEN_MARK_AS_READ_PATH:
-        marked = by_token.get(body.get("markAsReadToken", ""))
-        return marked is not None and marked.chat == message.chat and marked.order >= message.order
+        token = body.get("markAsReadToken", "")
+        marked = by_token.get(token)
+        if marked is not None:
+            return marked.chat == message.chat and marked.order >= message.order
+        known = _known_order(token if isinstance(token, str) else None)
+        if known is None or known[0] != message.chat:
+            return False
+        own = _known_order(message.token)
+        floor = own[1] if own is not None else (message.order[0], math.inf)
+        return known[1] > floor
     if record.path == USER_MARK_AS_READ_PATH:
         chat = body.get("chat")
         return (
@@ -91,10 +143,21 @@ def _marked_up_to(
     return False
 
 
+def _expected(events: Iterable[Event], opted_out: Iterable[Event]) -> dict[str, _Message]:
+    """The messages among *events* expected to be marked, by reply token."""
+    skipped = {m.reply_token for m in _messages(opted_out)}
+    return {
+        m.reply_token: m
+        for m in _messages(events)
+        if m.reply_token is not None and m.reply_token not in skipped
+    }
+
+
 def assert_marked_before_replied(
     platform: FakeLinePlatform,
     events: Iterable[Event],
     *,
+    opted_out: Iterable[Event] = (),
     replies: int | None = None,
     timeout: float = 5.0,
 ) -> None:
@@ -104,17 +167,21 @@ def assert_marked_before_replied(
     *events* (the webhook event dicts the bot received), the fake must have
     answered ``200`` to a mark-as-read request for that message or a newer
     one of the same chat (or, with the user-ID API, for that user) before
-    the reply arrived.  Fails if none of *events* got a reply, so a bot that
-    never replies does not pass by accident.  With *replies*, first waits (up
-    to *timeout* s) for that many reply requests, for bots that reply in the
-    background.
+    the reply arrived.  The newer message need not be among *events*: any
+    message the kit's builders made counts.  Replies to messages in
+    *opted_out* (those your handlers do not mark, ``mark_as_read=False``) are
+    not checked.  Fails if none of the other messages got a reply, so a bot
+    that never replies does not pass by accident.  With *replies*, first
+    waits (up to *timeout* s) for that many reply requests, for bots that
+    reply in the background.
     """
     if replies is not None:
         platform.wait_for_requests(replies, path=REPLY_PATH, timeout=timeout, completed=False)
+    events = list(events)
     messages = _messages(events)
-    by_reply = {m.reply_token: m for m in messages if m.reply_token is not None}
+    by_reply = _expected(events, opted_out)
     by_token = {m.token: m for m in messages if m.token is not None}
-    records = platform.requests
+    records = platform.requests()
     marks = [r for r in records if r.path in MARK_AS_READ_PATHS and r.status == 200]
     checked = 0
     problems = []
@@ -132,7 +199,8 @@ def assert_marked_before_replied(
             problems.append(f"replied to {message.label} before it was marked read{late}")
     if checked == 0:
         raise AssertionError(
-            f"no reply to any of the {len(messages)} message(s) given: nothing to check "
+            f"no reply to any of the {len(by_reply)} message(s) expected to be marked: "
+            "nothing to check "
             f"(requests seen: {_summary(records)})"
         )
     if problems:
@@ -147,6 +215,7 @@ def assert_loading_before_replied(
     platform: FakeLinePlatform,
     events: Iterable[Event],
     *,
+    opted_out: Iterable[Event] = (),
     replies: int | None = None,
     timeout: float = 5.0,
 ) -> None:
@@ -157,13 +226,17 @@ def assert_loading_before_replied(
     must have answered ``202`` to a loading start for that user that arrived
     after the message's chat was marked read up to it (a 200 for it or a
     newer message) and was answered before the reply arrived.  Replies in
-    groups and rooms are not checked here (LINE shows no animation there).
+    groups and rooms are not checked here (LINE shows no animation there),
+    nor replies to messages in *opted_out*.
     """
-    assert_marked_before_replied(platform, events, replies=replies, timeout=timeout)
+    events, opted_out = list(events), list(opted_out)
+    assert_marked_before_replied(
+        platform, events, opted_out=opted_out, replies=replies, timeout=timeout
+    )
     messages = _messages(events)
-    by_reply = {m.reply_token: m for m in messages if m.reply_token is not None}
+    by_reply = _expected(events, opted_out)
     by_token = {m.token: m for m in messages if m.token is not None}
-    records = platform.requests
+    records = platform.requests()
     marks = [r for r in records if r.path in MARK_AS_READ_PATHS and r.status == 200]
     starts = [r for r in records if r.path == LOADING_PATH and r.status == 202]
     problems = []

@@ -279,9 +279,12 @@ class FakeLinePlatform:
 
     # -- records ----------------------------------------------------------
 
-    @property
     def requests(self) -> list[RecordedRequest]:
-        """A copy of all records so far, in arrival order, in flight ones included."""
+        """A copy of all records so far, in arrival order, in flight ones included.
+
+        A method, like ``mark_requests()`` and ``loading_requests()``: each call
+        takes a fresh copy under the fake's lock.
+        """
         return self._records.all()
 
     def mark_requests(self) -> list[RecordedRequest]:

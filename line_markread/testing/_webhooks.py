@@ -17,7 +17,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -26,6 +26,7 @@ from ._assertions import (
     assert_loading_before_replied,
     assert_marked_before_replied,
     assert_not_marked,
+    remember_message,
 )
 from ._fake_platform import FakeLinePlatform
 
@@ -139,6 +140,7 @@ def message_event(
     )
     event["replyToken"] = reply_token if reply_token is not None else secrets.token_hex(16)
     event["message"] = content
+    remember_message(event)
     return event
 
 
@@ -387,16 +389,34 @@ class WebhookFactory:
         return sign(body, self.channel_secret)
 
     def assert_marked_before_replied(
-        self, platform: FakeLinePlatform, *, replies: int | None = None, timeout: float = 5.0
+        self,
+        platform: FakeLinePlatform,
+        *,
+        opted_out: Iterable[Event] = (),
+        replies: int | None = None,
+        timeout: float = 5.0,
     ) -> None:
-        """``assert_marked_before_replied`` over every event this factory signed."""
-        assert_marked_before_replied(platform, self.events, replies=replies, timeout=timeout)
+        """``assert_marked_before_replied`` over every event this factory signed.
+
+        Every message is expected to be marked except those in *opted_out* (the
+        ones your bot's handlers opt out of): replies to those are not checked.
+        """
+        assert_marked_before_replied(
+            platform, self.events, opted_out=opted_out, replies=replies, timeout=timeout
+        )
 
     def assert_loading_before_replied(
-        self, platform: FakeLinePlatform, *, replies: int | None = None, timeout: float = 5.0
+        self,
+        platform: FakeLinePlatform,
+        *,
+        opted_out: Iterable[Event] = (),
+        replies: int | None = None,
+        timeout: float = 5.0,
     ) -> None:
         """``assert_loading_before_replied`` over every event this factory signed."""
-        assert_loading_before_replied(platform, self.events, replies=replies, timeout=timeout)
+        assert_loading_before_replied(
+            platform, self.events, opted_out=opted_out, replies=replies, timeout=timeout
+        )
 
     def assert_not_marked(self, platform: FakeLinePlatform, *events: Event) -> None:
         """``assert_not_marked`` for *events* (say, the ones your bot opts out of)."""

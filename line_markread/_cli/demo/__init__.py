@@ -50,7 +50,7 @@ async def play(seed: int) -> Result:
                 await converse(Conversation(fake, timeline, await bot.start()))
             finally:
                 await bot.stop()
-        line_entries(cast, fake.requests, timeline)
+        line_entries(cast, fake.requests(), timeline)
     finally:
         await asyncio.to_thread(fake.stop)
     elapsed_ms = (time.monotonic() - timeline.started) * 1000
