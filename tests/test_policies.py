@@ -15,7 +15,7 @@ from line_markread._guard import ChannelGuard
 from line_markread._http import ApiResponse, parse_retry_after
 from line_markread._retry import Verdict, classify, next_delay
 from line_markread._targets import Endpoint, ReadTarget, Skip, read_target
-from line_markread.testing import FakeLinePlatform, text_event
+from line_markread.testing import LOADING_PATH, FakeLinePlatform, text_event
 
 from .support import TOKEN_PATH, Driver, HandlerFactory, body_of
 
@@ -174,15 +174,29 @@ def test_the_auth_latch_lasts_its_cooldown_then_lifts() -> None:
 def test_the_429_pause_takes_retry_after_or_the_cooldown() -> None:
     clock = Clock()
     guard = ChannelGuard(retry_budget=10, auth_cooldown=60.0, rate_limit_cooldown=1.5, clock=clock)
-    assert guard.pause_left() == 0.0
-    guard.rate_limited(None)
-    assert guard.pause_left() == pytest.approx(1.5)
-    guard.rate_limited(4.0)
-    assert guard.pause_left() == pytest.approx(4.0)
-    guard.rate_limited(0.5)  # a shorter pause never cuts a longer one
-    assert guard.pause_left() == pytest.approx(4.0)
+    path = Endpoint.TOKEN.value
+    assert guard.pause_left(path) == 0.0
+    guard.rate_limited(path, None)
+    assert guard.pause_left(path) == pytest.approx(1.5)
+    guard.rate_limited(path, 4.0)
+    assert guard.pause_left(path) == pytest.approx(4.0)
+    guard.rate_limited(path, 0.5)  # a shorter pause never cuts a longer one
+    assert guard.pause_left(path) == pytest.approx(4.0)
     clock.now += 4.0
-    assert guard.pause_left() == 0.0
+    assert guard.pause_left(path) == 0.0
+
+
+def test_a_429_pauses_only_the_endpoint_that_answered_it() -> None:
+    # Issue 16.12: LINE limits each endpoint separately (loading/start 100/s, marks 2,000/s).
+    clock = Clock()
+    guard = ChannelGuard(retry_budget=10, auth_cooldown=60.0, rate_limit_cooldown=1.0, clock=clock)
+    guard.rate_limited(LOADING_PATH, 30.0)
+    assert guard.pause_left(LOADING_PATH) == pytest.approx(30.0)
+    assert guard.pause_left(Endpoint.TOKEN.value) == 0.0
+    assert guard.pause_left(Endpoint.USER.value) == 0.0
+    guard.rate_limited(Endpoint.USER.value, None)
+    assert guard.pause_left(Endpoint.USER.value) == pytest.approx(1.0)
+    assert guard.pause_left(Endpoint.TOKEN.value) == 0.0
 
 
 def test_the_retry_budget_spends_and_refills() -> None:
