@@ -47,7 +47,7 @@ from ._chat import BodyWaiters, Chat, Job, Key, Ticket, Waiter, expire_all, fail
 from ._guard import ChannelGuard
 from ._http import ApiResponse, Credentials, Transport, TransportError
 from ._outcome import MarkFailure, Outcome
-from ._retry import Verdict, attempt_timeout, classify, is_testing, next_delay
+from ._retry import Latencies, Verdict, attempt_timeout, classify, is_testing, next_delay
 from ._sanitize import server_text
 from ._settings import Settings
 from ._stats import Counters
@@ -98,6 +98,7 @@ class Engine:
         self._seen_events: OrderedDict[str, Key] = OrderedDict()
         self._sequence = itertools.count()
         self._rng = random.Random(settings.jitter_seed)
+        self._latencies = Latencies(settings.request_timeout)
         self._jobs: dict[asyncio.Task[None], tuple[Chat, Job]] = {}
         self._side_tasks: set[asyncio.Task[None]] = set()
         """Loading animations' refreshers (``spawn``): cancelled and awaited by ``aclose``."""
@@ -434,7 +435,12 @@ class Engine:
         connection slot and no time is left.
         """
         async with self._slots:
-            timeout = attempt_timeout(attempt, self._settings, give_up_at - self._loop.time())
+            timeout = attempt_timeout(
+                attempt,
+                self._settings,
+                give_up_at - self._loop.time(),
+                self._latencies.first_timeout,
+            )
             closing = self._time_to_close()
             if closing is not None:
                 if closing <= 0:
@@ -444,12 +450,16 @@ class Engine:
             _trace("sent", job, attempt=attempt, timeout=round(timeout, 3))
             self.counters.requests += 1
             self.counters.retried += attempt > 1
+            sent_at = self._loop.time()
             try:
-                return await self._transport.post(job.target, timeout=timeout), "", False
+                response = await self._transport.post(job.target, timeout=timeout)
             except TransportError as e:
                 return None, str(e), e.timeout
             finally:
                 job.in_flight = False
+            if response.status == 200:  # how long LINE takes to answer: the next first timeout
+                self._latencies.observe(self._loop.time() - sent_at)
+            return response, "", False
 
     def _heed(self, job: Job, response: ApiResponse | None) -> ApiResponse | None:
         """Let the whole channel learn from a 401, 403 or 429 (that endpoint's pause, capped)."""
