@@ -30,7 +30,7 @@ from .support import (
 # -- 429 ----------------------------------------------------------------------
 
 
-def test_a_429_pauses_the_whole_channel(
+def test_a_429_pauses_its_endpoint_for_the_whole_channel(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
     handler = with_text_handler(
