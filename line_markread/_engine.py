@@ -38,7 +38,7 @@ import logging
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -54,6 +54,8 @@ from ._stats import Counters
 from ._targets import ChatId, ReadTarget
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _CLOSE_SETTLE = 1.0
 """Seconds ``aclose`` waits for cancelled marks and the HTTP session after the grace."""
@@ -100,7 +102,7 @@ class Engine:
         self._rng = random.Random(settings.jitter_seed)
         self._latencies = Latencies(settings.request_timeout)
         self._jobs: dict[asyncio.Task[None], tuple[Chat, Job]] = {}
-        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._side_tasks: set[asyncio.Task[Any]] = set()
         """Loading animations' refreshers (``spawn``): cancelled and awaited by ``aclose``."""
         self._closed = False
         self._close_by: float | None = None
@@ -148,8 +150,8 @@ class Engine:
             timeout = self._settings.request_timeout
             return await self._transport.post_json(path, payload, timeout=timeout)
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
-        """Run *coro* (a loading animation's refresher) as a task ``aclose`` will end.
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T] | None:
+        """Run *coro* (a loading animation's refresher or start) as a task ``aclose`` will end.
 
         Closing cancels such tasks and awaits them before the HTTP session
         closes, so none is left pending when the loop goes away (asyncio's

@@ -534,7 +534,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             raise RuntimeError(
                 "line_markread: show_loading() called on the plugin's own loop; use ashow_loading()"
             )
-        coro = self._markread_loader.start(engine, user_id, seconds)
+        coro = self._markread_loader.show(engine, user_id, seconds)
         return asyncio.run_coroutine_threadsafe(coro, engine.loop).result()
 
     async def ashow_loading(self, event: Any, seconds: bool | int = True) -> bool:
@@ -544,7 +544,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         if user_id is None:
             self._markread_loader.skipped()
             return False
-        return await self._markread_loader.start(self._markread_marker._engine(), user_id, seconds)
+        return await self._markread_loader.show(self._markread_marker._engine(), user_id, seconds)
 
     # -- manual marking, counters, closing --------------------------------
 

@@ -297,6 +297,17 @@ class Loader:
             pause = min(pause, self._settings.max_rate_limit_pause)
         guard.rate_limited(LOADING_PATH, pause)  # LINE limits each endpoint: marks go on
 
+    async def show(self, engine: Engine, user_id: str, seconds: int) -> bool:
+        """``start`` as the engine's task (``show_loading``): closing ends it, then ``False``.
+
+        Cancelling the caller leaves the request to the engine, which ends it at close.
+        """
+        task = engine.spawn(self.start(engine, user_id, seconds))
+        if task is None:
+            return False
+        await asyncio.wait({task})
+        return False if task.cancelled() else task.result()
+
     def _succeeded(self) -> None:
         with self._lock:
             self._counters.loading_started += 1

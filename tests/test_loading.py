@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -629,3 +631,40 @@ def test_a_429_from_loading_pauses_loading_only_and_marking_goes_on(
     stats = handler.stats()
     assert stats.marked == 5
     assert stats.loading_started == 0
+
+
+def test_close_ends_a_show_loading_by_hand_that_hangs(
+    fake: FakeLinePlatform,
+    driver: Driver,
+    new_handler: HandlerFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Issue 16.8, by hand: the request is the engine's too, cancelled and awaited at close.
+    handler = new_handler(request_timeout=10.0)
+    fake.script(LOADING_PATH, Fault.hang())
+    answers: list[bool] = []
+    if driver.name == "async":
+
+        async def on_text(event: Any) -> None:
+            answers.append(await handler.ashow_loading(event))
+
+    else:
+
+        def on_text(event: Any) -> None:  # type: ignore[misc]  # the sync twin
+            answers.append(handler.show_loading(event))
+
+    handler.add(MessageEvent, message=TextMessageContent)(on_text)
+    body = signed_body(text_event("hi"), channel_secret=SECRET)
+    worker = threading.Thread(target=driver.handle, args=(handler, *body))
+    with caplog.at_level(logging.WARNING):
+        worker.start()
+        fake.wait_for_requests(1, path=LOADING_PATH, completed=False)
+        began = time.monotonic()
+        driver.close(handler, 0.0)
+        worker.join(timeout=8.0)
+        gc.collect()
+    assert not worker.is_alive(), "show_loading still waits for its request after close"
+    assert time.monotonic() - began < 5.0
+    assert answers == [False]
+    complaints = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert complaints == []
