@@ -121,6 +121,8 @@ class Showing:
         self.task = engine.spawn(coro)
         if self.task is None:  # the engine is closing: nothing is sent any more
             self._settle()
+        else:  # cancelled before its first step (at close), its own ``finally`` never runs
+            self.task.add_done_callback(lambda _: self._settle())
 
     def _settle(self) -> None:
         if self._settled is not None:
