@@ -37,7 +37,8 @@ import itertools
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import attrs
 
@@ -46,13 +47,15 @@ from ._chat import BodyWaiters, Chat, Job, Key, Ticket, Waiter, expire_all, fail
 from ._guard import ChannelGuard
 from ._http import ApiResponse, Credentials, Transport, TransportError
 from ._outcome import MarkFailure, Outcome
-from ._retry import Verdict, attempt_timeout, classify, is_testing, next_delay
+from ._retry import Latencies, Verdict, attempt_timeout, classify, is_testing, next_delay
 from ._sanitize import server_text
 from ._settings import Settings
 from ._stats import Counters
 from ._targets import ChatId, ReadTarget
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _CLOSE_SETTLE = 1.0
 """Seconds ``aclose`` waits for cancelled marks and the HTTP session after the grace."""
@@ -97,7 +100,10 @@ class Engine:
         self._seen_events: OrderedDict[str, Key] = OrderedDict()
         self._sequence = itertools.count()
         self._rng = random.Random(settings.jitter_seed)
+        self._latencies = Latencies(settings.request_timeout)
         self._jobs: dict[asyncio.Task[None], tuple[Chat, Job]] = {}
+        self._side_tasks: set[asyncio.Task[Any]] = set()
+        """Loading animations' refreshers (``spawn``): cancelled and awaited by ``aclose``."""
         self._closed = False
         self._close_by: float | None = None
         self._overflowing = False
@@ -143,6 +149,22 @@ class Engine:
         async with self._slots:
             timeout = self._settings.request_timeout
             return await self._transport.post_json(path, payload, timeout=timeout)
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T] | None:
+        """Run *coro* (a loading animation's refresher or start) as a task ``aclose`` will end.
+
+        Closing cancels such tasks and awaits them before the HTTP session
+        closes, so none is left pending when the loop goes away (asyncio's
+        "Task was destroyed but it is pending!").  Once closing began *coro* is
+        closed unrun and ``None`` returned.
+        """
+        if self._closed:
+            coro.close()
+            return None
+        task = self._loop.create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+        return task
 
     def tracked_chats(self) -> int:
         """How many chats' state is held in memory (bounded by ``max_tracked_chats``)."""
@@ -388,7 +410,7 @@ class Engine:
         return None if self._close_by is None else self._close_by - self._loop.time()
 
     async def _clearance(self, job: Job, give_up_at: float, *, first: bool) -> GiveUp | None:
-        """Wait out the channel's 429 pause; a reason not to send at all, or ``None`` to go."""
+        """Wait out the endpoint's 429 pause; a reason not to send at all, or ``None`` to go."""
         while True:
             closing = self._time_to_close()
             if closing is not None and closing <= 0:
@@ -397,7 +419,7 @@ class Engine:
                 return GiveUp.LATCHED
             if not first and self._loop.time() > give_up_at:  # a backoff sleep may end late
                 return GiveUp.DEADLINE
-            pause = self._guard.pause_left()
+            pause = self._guard.pause_left(job.target.endpoint.value)
             if pause <= 0:
                 return None
             if self._loop.time() + pause > give_up_at:
@@ -415,7 +437,12 @@ class Engine:
         connection slot and no time is left.
         """
         async with self._slots:
-            timeout = attempt_timeout(attempt, self._settings, give_up_at - self._loop.time())
+            timeout = attempt_timeout(
+                attempt,
+                self._settings,
+                give_up_at - self._loop.time(),
+                self._latencies.first_timeout,
+            )
             closing = self._time_to_close()
             if closing is not None:
                 if closing <= 0:
@@ -425,15 +452,19 @@ class Engine:
             _trace("sent", job, attempt=attempt, timeout=round(timeout, 3))
             self.counters.requests += 1
             self.counters.retried += attempt > 1
+            sent_at = self._loop.time()
             try:
-                return await self._transport.post(job.target, timeout=timeout), "", False
+                response = await self._transport.post(job.target, timeout=timeout)
             except TransportError as e:
                 return None, str(e), e.timeout
             finally:
                 job.in_flight = False
+            if response.status == 200:  # how long LINE takes to answer: the next first timeout
+                self._latencies.observe(self._loop.time() - sent_at)
+            return response, "", False
 
     def _heed(self, job: Job, response: ApiResponse | None) -> ApiResponse | None:
-        """Let the whole channel learn from a 401, 403 or 429; the answer with its pause capped."""
+        """Let the whole channel learn from a 401, 403 or 429 (that endpoint's pause, capped)."""
         if response is None:
             return None
         if response.status in (401, 403):
@@ -442,7 +473,7 @@ class Engine:
             cap = self._settings.max_rate_limit_pause
             if response.retry_after is not None and response.retry_after > cap:
                 response = attrs.evolve(response, retry_after=cap)
-            self._guard.rate_limited(response.retry_after)
+            self._guard.rate_limited(job.target.endpoint.value, response.retry_after)
         return response
 
     def _retry_delay(
@@ -544,14 +575,21 @@ class Engine:
         """Let pending marks finish for up to *grace* seconds, cancel the rest, close HTTP.
 
         No attempt starts once closing began unless it can end within the
-        grace (its timeout is cut to what is left), and none after it; the
-        whole close takes at most *grace* plus ``_CLOSE_SETTLE`` twice.
+        grace (its timeout is cut to what is left), and none after it.  The
+        loading animations (``spawn``) end at once: cancelled, their requests
+        too, and awaited.  The whole close takes at most *grace* plus
+        ``_CLOSE_SETTLE`` three times.
         """
         if self._closed:
             return
         self._closed = True
         grace = self._settings.close_grace if grace is None else max(0.0, grace)
         self._close_by = self._loop.time() + grace
+        side = set(self._side_tasks)
+        if side:
+            for task in side:
+                task.cancel()
+            await asyncio.wait(side, timeout=_CLOSE_SETTLE)
         pending = set(self._jobs)
         if pending and grace > 0:
             _, pending = await asyncio.wait(pending, timeout=grace)

@@ -1,10 +1,15 @@
-"""Channel-wide protections: the retry budget, the auth latch and the rate-limit pause.
+"""Channel-wide protections: the retry budget, the auth latch and the rate-limit pauses.
 
 A channel access token is one identity at LINE, whatever event loop or
 thread sends with it, so these live in one ``ChannelGuard`` per ``Marker``,
 shared by its engines (hence the lock).  They exist so that the plugin never
 amplifies a LINE outage and never hammers LINE with requests it knows are
 going to be refused.
+
+LINE rate-limits each endpoint of a channel separately (``loading/start``
+at 100 requests/s, mark-as-read at 2,000/s), so a ``429`` pauses the
+endpoint that answered it, keyed by its path: a burst of loading animations
+never stops marking.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class ChannelGuard:
         self._rate_limit_cooldown = rate_limit_cooldown
         self._clock = clock
         self._lock = threading.Lock()
-        self._paused_until = 0.0
+        self._paused_until: dict[str, float] = {}
         self._latched_until: dict[Endpoint | None, float] = {}
 
     # -- the retry budget -------------------------------------------------
@@ -97,15 +102,18 @@ class ChannelGuard:
         latched = self._latched_until
         return latched.get(None, 0.0) > now or latched.get(endpoint, 0.0) > now
 
-    # -- 429 pause --------------------------------------------------------
+    # -- 429 pause, per endpoint -------------------------------------------
 
-    def rate_limited(self, retry_after: float | None) -> None:
-        """A 429: pause the whole channel for ``Retry-After`` (or ``rate_limit_cooldown``)."""
+    def rate_limited(self, path: str, retry_after: float | None) -> None:
+        """A 429 from *path*: pause that endpoint for ``Retry-After`` (or ``rate_limit_cooldown``).
+
+        Every engine and thread of the channel pauses it; other endpoints go on.
+        """
         pause = self._rate_limit_cooldown if retry_after is None else retry_after
         until = self._clock() + pause
         with self._lock:
-            self._paused_until = max(self._paused_until, until)
+            self._paused_until[path] = max(self._paused_until.get(path, 0.0), until)
 
-    def pause_left(self) -> float:
-        """Seconds until sending is allowed again after a 429 (0 when it is)."""
-        return max(0.0, self._paused_until - self._clock())
+    def pause_left(self, path: str) -> float:
+        """Seconds until *path* may be sent to again after a 429 (0 when it may)."""
+        return max(0.0, self._paused_until.get(path, 0.0) - self._clock())

@@ -34,7 +34,7 @@ from ._dispatch import (
     validate_background,
     validate_policy,
 )
-from ._loading import Showing, loading_user, validate_loading
+from ._loading import BodyLoading, Showing, loading_user, validate_loading
 from ._marker import BlockingTicket, Marker
 from ._outcome import Outcome
 from ._read_first import options_of
@@ -244,7 +244,12 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             if reservation is not None:
                 reservation.cancel()
             raise
-        self._run_steps(plan, ticket, reservation)
+        loading = self._begin_loading(plan, ticket, started)
+        try:
+            self._run_steps(plan, ticket, reservation, loading)
+        finally:
+            if loading is not None:
+                loading.stop_all()
         if marker.settings.settle_before_return:
             marker._settle(plan.targets, started + marker.settings.settle_timeout)
 
@@ -271,7 +276,12 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             if reservation is not None:
                 reservation.cancel()
             raise
-        await self._arun_steps(plan, ticket, reservation)
+        loading = self._abegin_loading(plan, ticket, started)
+        try:
+            await self._arun_steps(plan, ticket, reservation, loading)
+        finally:
+            if loading is not None:
+                loading.stop_all()
         if marker.settings.settle_before_return:
             await marker._asettle(plan.targets, started + marker.settings.settle_timeout)
 
@@ -293,7 +303,11 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         return self._task_pool(loop).reserve(count)
 
     def _run_steps(
-        self, plan: Plan, ticket: BlockingTicket, reservation: Reservation | None
+        self,
+        plan: Plan,
+        ticket: BlockingTicket,
+        reservation: Reservation | None,
+        loading: BodyLoading | None = None,
     ) -> None:
         for index, step in enumerate(plan.steps):
             route = step.route
@@ -308,19 +322,29 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                 job = functools.partial(self._run_step, plan.destination, ticket, index, step)
                 pool.put(reservation, job, step.event)
                 continue
-            self._run_step(plan.destination, ticket, index, step)
+            self._run_step(plan.destination, ticket, index, step, loading=loading)
         if reservation is not None:
             reservation.cancel()  # room a re-routed step did not use
 
     def _run_step(
-        self, destination: str | None, ticket: BlockingTicket, index: int, step: Step
+        self,
+        destination: str | None,
+        ticket: BlockingTicket,
+        index: int,
+        step: Step,
+        *,
+        loading: BodyLoading | None = None,
     ) -> None:
+        """One step; *loading*: the body's animations, already started (``handle()``'s steps)."""
         route = step.route
         assert route is not None  # only steps with a handler get here
         marker = self._markread_marker
         if step.decision is True:
             marker._wait_event(ticket, index)
-        showing = self._show(step.event, route.loading) if route.loading else None
+        if loading is not None:
+            showing = loading.wait(index)
+        else:
+            showing = self._show(step.event, route.loading) if route.loading else None
         try:
             result = route.call(step.event, destination)
         finally:
@@ -335,7 +359,11 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             )
 
     async def _arun_steps(
-        self, plan: Plan, ticket: Ticket, reservation: Reservation | None
+        self,
+        plan: Plan,
+        ticket: Ticket,
+        reservation: Reservation | None,
+        loading: BodyLoading | None = None,
     ) -> None:
         for index, step in enumerate(plan.steps):
             route = step.route
@@ -354,7 +382,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                 pool.put(reservation, job, step.event)
                 continue
             if route.loading:
-                await self._arun_step(plan.destination, ticket, index, step, None)
+                await self._arun_step(plan.destination, ticket, index, step, None, loading=loading)
                 continue
             # The plain step, inline: no coroutine object per event for handlers
             # that use neither keyword.
@@ -373,13 +401,18 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         index: int,
         step: Step,
         executor: concurrent.futures.Executor | None,
+        *,
+        loading: BodyLoading | None = None,
     ) -> None:
         """One step on the loop; a sync handler runs in *executor* when one is given."""
         route = step.route
         assert route is not None  # only steps with a handler get here
         if step.decision is True:
             await self._markread_marker._await_event(ticket, index)
-        showing = await self._ashow(step.event, route.loading) if route.loading else None
+        if loading is not None:
+            showing = await loading.await_(index)
+        else:
+            showing = await self._ashow(step.event, route.loading) if route.loading else None
         try:
             if executor is None:
                 result = route.call(step.event, destination)
@@ -391,6 +424,56 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         finally:
             if showing is not None:
                 showing.stop()
+
+    @staticmethod
+    def _loading_steps(plan: Plan) -> list[tuple[int, Step, int]]:
+        """The body's ``loading=`` steps that run in ``handle()`` itself (not ``background=``)."""
+        return [
+            (index, step, step.route.loading)
+            for index, step in enumerate(plan.steps)
+            if step.route is not None and step.route.loading and not step.route.background
+        ]
+
+    def _begin_loading(
+        self, plan: Plan, ticket: BlockingTicket, started: float
+    ) -> BodyLoading | None:
+        """The body's animations, each launched once its mark settled; waits end by the deadline."""
+        steps = self._loading_steps(plan)
+        if not steps:
+            return None
+        try:
+            engine = self._markread_marker._background_engine()
+        except RuntimeError:  # closed meanwhile: the handlers still run, without animation
+            return None
+        return self._markread_loader.begin_body(
+            engine,
+            [
+                (i, step.event, seconds, ticket.futures[i] if step.decision is True else None)
+                for i, step, seconds in steps
+            ],
+            started + self._markread_marker.settings.wait_timeout,
+            threaded=True,
+        )
+
+    def _abegin_loading(self, plan: Plan, ticket: Ticket, started: float) -> BodyLoading | None:
+        """``_begin_loading`` on the running loop."""
+        steps = self._loading_steps(plan)
+        if not steps:
+            return None
+        try:
+            engine = self._markread_marker._engine()
+        except RuntimeError:
+            return None
+        after = [ticket.waiters[i] if step.decision is True else None for i, step, _ in steps]
+        return self._markread_loader.begin_body(
+            engine,
+            [
+                (i, step.event, seconds, None if waiter is None else waiter.done)
+                for (i, step, seconds), waiter in zip(steps, after, strict=True)
+            ],
+            started + self._markread_marker.settings.wait_timeout,
+            threaded=False,
+        )
 
     def _show(self, event: Any, seconds: int) -> Showing | None:
         """From a handler's thread: the loading animation, on the background loop."""
@@ -451,7 +534,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             raise RuntimeError(
                 "line_markread: show_loading() called on the plugin's own loop; use ashow_loading()"
             )
-        coro = self._markread_loader.start(engine, user_id, seconds)
+        coro = self._markread_loader.show(engine, user_id, seconds)
         return asyncio.run_coroutine_threadsafe(coro, engine.loop).result()
 
     async def ashow_loading(self, event: Any, seconds: bool | int = True) -> bool:
@@ -461,7 +544,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         if user_id is None:
             self._markread_loader.skipped()
             return False
-        return await self._markread_loader.start(self._markread_marker._engine(), user_id, seconds)
+        return await self._markread_loader.show(self._markread_marker._engine(), user_id, seconds)
 
     # -- manual marking, counters, closing --------------------------------
 

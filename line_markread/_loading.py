@@ -8,23 +8,33 @@ still runs (up to ``loading_limit``), and never once the handler returned.
 
 The requests go through the marking engine of the loop they run on (same
 session, auth, timeouts and concurrency slots) and honour the channel's guard
-(401 latch, 429 pause, retry budget).  A loading request is useless late, so
-it is retried at most once, briefly; failures are counted and logged once per
-burst, and never delay a handler by more than ``loading_wait``.
+(401 latch, retry budget) with a 429 pause of its own: LINE limits
+``loading/start`` (100 requests/s) apart from mark-as-read, so its 429 never
+stops marking.  A loading request is useless late, so it is retried at most
+once, briefly, and never once the handler returned; failures are counted and
+logged once per burst, and never delay a handler by more than ``loading_wait``.
+The animations of a body's ``handle()``-time steps start together, each after
+its own mark, and their waits share the body's ``wait_timeout``
+(``BodyLoading``).  The refreshers are the engine's tasks: closing it cancels
+and awaits them before the HTTP session and the loop go away.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any
 
 from ._engine import Engine
+from ._guard import ChannelGuard
 from ._http import ApiResponse, TransportError
 from ._retry import Verdict, classify, is_testing
 from ._settings import Settings
@@ -69,32 +79,68 @@ def loading_user(event: Any) -> str | None:
     return user_id if isinstance(user_id, str) and user_id else None
 
 
-class Showing:
-    """One handler's animation, kept up until ``stop()``: what ``Loader.begin`` returns."""
+def _refusal(guard: ChannelGuard) -> str | None:
+    """Why no loading request may be sent now, or ``None``."""
+    # The token endpoint stands for "this token": a 401 latches every endpoint.
+    if guard.latched(Endpoint.TOKEN):
+        return "not sent: LINE answered 401 recently (auth latch)"
+    if guard.pause_left(LOADING_PATH) > 0:
+        return "not sent: loading/start rate limited (429 pause)"
+    return None
 
-    __slots__ = ("_future", "_in_flight", "_settled", "loop", "stopped", "task")
+
+class Showing:
+    """One handler's animation, kept up until ``stop()``: what ``Loader.begin`` returns.
+
+    ``stop()`` and the check before each request share a lock, so a request
+    either started before ``stop()`` (it is let finish) or never starts: once
+    the handler returned, nothing is sent, not even the retry of a start that
+    failed while the handler ran.
+    """
+
+    __slots__ = ("_future", "_in_flight", "_lock", "_settled", "loop", "since", "stopped", "task")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, threaded: bool) -> None:
         self.loop = loop
         self.stopped = False
         self.task: asyncio.Task[None] | None = None
+        self.since: float | None = None
+        """When the refresher was launched: ``time.monotonic()`` (threaded) or the loop's time."""
+        self._lock = threading.Lock()
         self._in_flight = False
         self._settled: threading.Event | None = threading.Event() if threaded else None
         self._future: asyncio.Future[None] | None = None if threaded else loop.create_future()
 
-    def _launch(self, coro: Coroutine[Any, Any, None]) -> None:
-        """On the loop: run the refresher (a no-op if stopped before it got here)."""
+    def _launch(self, engine: Engine, coro: Coroutine[Any, Any, None]) -> None:
+        """On the loop: run the refresher (a no-op if stopped before it got here, or closing)."""
         if self.stopped:
             coro.close()
             self._settle()
             return
-        self.task = self.loop.create_task(coro)
+        self.since = time.monotonic() if self._settled is not None else self.loop.time()
+        self.task = engine.spawn(coro)
+        if self.task is None:  # the engine is closing: nothing is sent any more
+            self._settle()
+        else:  # cancelled before its first step (at close), its own ``finally`` never runs
+            self.task.add_done_callback(lambda _: self._settle())
 
     def _settle(self) -> None:
         if self._settled is not None:
             self._settled.set()
         elif self._future is not None and not self._future.done():
             self._future.set_result(None)
+
+    def _may_send(self) -> bool:
+        """On the loop, before each request: ``False`` once stopped, else the request is on."""
+        with self._lock:
+            if self.stopped:
+                return False
+            self._in_flight = True
+            return True
+
+    def _sent(self) -> None:
+        with self._lock:
+            self._in_flight = False
 
     def wait(self, timeout: float) -> None:
         """Block until the first start was answered (or failed), at most *timeout* s."""
@@ -108,7 +154,8 @@ class Showing:
 
     def stop(self) -> None:
         """The handler returned: start nothing more.  A request on the wire is let finish."""
-        self.stopped = True
+        with self._lock:
+            self.stopped = True
         if self._settled is None:
             self._cancel()
         else:
@@ -117,8 +164,55 @@ class Showing:
                 self.loop.call_soon_threadsafe(self._cancel)
 
     def _cancel(self) -> None:
+        """On the loop: end a refresher that is waiting (for its next start, or to retry)."""
         if self.task is not None and not self._in_flight:
             self.task.cancel()
+
+
+class BodyLoading:
+    """The animations of one body's ``loading=`` steps run in ``handle()`` itself.
+
+    Each is launched as soon as its own mark settled (``Loader.begin_body``),
+    all of them at once, not when its step's turn comes; a step then waits for
+    its animation's first answer at most ``loading_wait`` after its launch and
+    never past the body's deadline (its start plus ``wait_timeout``).  So
+    however many events a body has, and whatever the loading endpoint does,
+    its handlers wait ``wait_timeout`` at most in all.
+    """
+
+    __slots__ = ("_deadline", "_loading_wait", "_showings")
+
+    def __init__(self, showings: dict[int, Showing], deadline: float, loading_wait: float):
+        self._showings = showings
+        self._deadline = deadline
+        self._loading_wait = loading_wait
+
+    def _timeout(self, showing: Showing, now: float) -> float:
+        since = now if showing.since is None else showing.since
+        return min(since + self._loading_wait, self._deadline) - now
+
+    def wait(self, index: int) -> Showing | None:
+        """From the handler's thread: step *index*'s animation, once answered or out of time."""
+        showing = self._showings.get(index)
+        if showing is not None:
+            showing.wait(self._timeout(showing, time.monotonic()))
+        return showing
+
+    async def await_(self, index: int) -> Showing | None:
+        """``wait`` on the loop (the deadline on the loop's clock)."""
+        showing = self._showings.get(index)
+        if showing is not None:
+            await showing.await_settled(self._timeout(showing, showing.loop.time()))
+        return showing
+
+    def stop_all(self) -> None:
+        """After the body's handlers (or one of them raised): nothing more is started."""
+        for showing in self._showings.values():
+            showing.stop()
+
+
+BodyStep = tuple[int, Any, int, "concurrent.futures.Future[Any] | asyncio.Future[Any] | None"]
+"""``(index, event, seconds, after)``: a step's animation, launched once *after* is done."""
 
 
 class Loader:
@@ -145,35 +239,44 @@ class Loader:
 
     # -- one start ---------------------------------------------------------
 
-    async def start(self, engine: Engine, user_id: str, seconds: int) -> bool:
-        """Start the animation once (retried at most once, briefly); whether LINE accepted it."""
+    async def start(
+        self, engine: Engine, user_id: str, seconds: int, showing: Showing | None = None
+    ) -> bool:
+        """Start the animation once (retried at most once, briefly); whether LINE accepted it.
+
+        With *showing*, no request starts once it was stopped (the handler
+        returned): a retry due then is dropped, and the start counts as failed.
+        """
         payload = json.dumps({"chatId": user_id, "loadingSeconds": seconds}).encode()
         guard = engine.guard
         response: ApiResponse | None = None
         error = ""
         refund = 0
         for attempt in (1, 2):
-            # The token endpoint stands for "this token": a 401 latches every endpoint.
-            if guard.latched(Endpoint.TOKEN):
-                error = "not sent: LINE answered 401 recently (auth latch)"
+            refusal = _refusal(guard)
+            if refusal is not None:
+                error = refusal
                 break
-            if guard.pause_left() > 0:
-                error = "not sent: rate limited (429 pause)"
+            if showing is not None and not showing._may_send():
+                if attempt == 1:
+                    return False  # stopped before anything was sent: nothing to count
+                error = f"{error or 'failed'}; not retried: the handler had returned"
                 break
             timed_out = False
             try:
                 response, error = await engine.request(LOADING_PATH, payload), ""
             except TransportError as e:
                 response, error, timed_out = None, str(e), e.timeout
+            finally:
+                if showing is not None:
+                    showing._sent()
             verdict = classify(response)
             if verdict is Verdict.DONE:
                 guard.record_success(refund)
                 self._succeeded()
                 return True
-            if response is not None and response.status == 401:
-                guard.latch(Endpoint.TOKEN, 401)
-            if response is not None and response.status == 429:
-                guard.rate_limited(response.retry_after)
+            if response is not None and response.status in (401, 429):
+                self._heed(guard, response)
                 break
             if verdict is Verdict.GIVE_UP or attempt == 2:
                 break
@@ -185,6 +288,27 @@ class Loader:
                 await asyncio.sleep(random.uniform(0, _RETRY_DELAY_MAX))
         self._failed(user_id, response, error)
         return False
+
+    def _heed(self, guard: ChannelGuard, response: ApiResponse) -> None:
+        """A 401 latches the token (every endpoint); a 429 pauses ``loading/start`` alone."""
+        if response.status == 401:
+            guard.latch(Endpoint.TOKEN, 401)
+            return
+        pause = response.retry_after
+        if pause is not None:
+            pause = min(pause, self._settings.max_rate_limit_pause)
+        guard.rate_limited(LOADING_PATH, pause)  # LINE limits each endpoint: marks go on
+
+    async def show(self, engine: Engine, user_id: str, seconds: int) -> bool:
+        """``start`` as the engine's task (``show_loading``): closing ends it, then ``False``.
+
+        Cancelling the caller leaves the request to the engine, which ends it at close.
+        """
+        task = engine.spawn(self.start(engine, user_id, seconds))
+        if task is None:
+            return False
+        await asyncio.wait({task})
+        return False if task.cancelled() else task.result()
 
     def _succeeded(self) -> None:
         with self._lock:
@@ -216,10 +340,8 @@ class Loader:
         settings = self._settings
         first = last = loop.time()
         try:
-            showing._in_flight = True
-            await self.start(engine, user_id, seconds)
+            await self.start(engine, user_id, seconds, showing)
         finally:
-            showing._in_flight = False
             showing._settle()
         interval = seconds - settings.loading_margin
         while not showing.stopped:
@@ -230,11 +352,7 @@ class Loader:
             if showing.stopped:
                 return
             last = loop.time()
-            showing._in_flight = True
-            try:
-                await self.start(engine, user_id, seconds)
-            finally:
-                showing._in_flight = False
+            await self.start(engine, user_id, seconds, showing)
 
     def _track(self, showing: Showing, task_done: bool = False) -> None:
         with self._lock:
@@ -244,11 +362,22 @@ class Loader:
                 self._showing.add(showing)
 
     def _launch(self, showing: Showing, engine: Engine, user_id: str, seconds: int) -> None:
-        """On the loop: start the refresher task for *showing*."""
-        showing._launch(self._keep(engine, user_id, seconds, showing))
+        """On the loop: start the refresher task for *showing* (the engine's, closed with it)."""
+        showing._launch(engine, self._keep(engine, user_id, seconds, showing))
         if showing.task is not None:
             self._track(showing)
             showing.task.add_done_callback(lambda _: self._track(showing, task_done=True))
+
+    def _launch_threadsafe(
+        self, showing: Showing, engine: Engine, user_id: str, seconds: int
+    ) -> bool:
+        """From any thread: ``_launch`` on the engine's loop; ``False`` if that loop is gone."""
+        try:
+            engine.loop.call_soon_threadsafe(self._launch, showing, engine, user_id, seconds)
+        except RuntimeError:  # the background loop stopped: the handler/marker is closing
+            showing._settle()
+            return False
+        return True
 
     def begin(self, engine: Engine, event: Any, seconds: int) -> Showing | None:
         """From a handler's thread: start the animation on *engine*'s loop; ``None`` if skipped.
@@ -260,9 +389,7 @@ class Loader:
             self.skipped()
             return None
         showing = Showing(engine.loop, threaded=True)
-        try:
-            engine.loop.call_soon_threadsafe(self._launch, showing, engine, user_id, seconds)
-        except RuntimeError:  # the background loop stopped: the handler/marker is closing
+        if not self._launch_threadsafe(showing, engine, user_id, seconds):
             return None
         showing.wait(self._settings.loading_wait)
         return showing
@@ -277,6 +404,37 @@ class Loader:
         self._launch(showing, engine, user_id, seconds)
         await showing.await_settled(self._settings.loading_wait)
         return showing
+
+    def begin_body(
+        self, engine: Engine, steps: list[BodyStep], deadline: float, *, threaded: bool
+    ) -> BodyLoading:
+        """Launch each step's animation once its *after* (its mark's future) is done, or now.
+
+        Returns at once; ``BodyLoading.wait``/``await_`` then wait per step.
+        *threaded*: called from a handler's thread (*after*: thread-safe futures,
+        *deadline*: ``time.monotonic()``), else on *engine*'s loop (asyncio
+        futures, the loop's time).  Each *after* is done by the body's deadline
+        at the latest (the engine releases every waiter by then).
+        """
+        showings: dict[int, Showing] = {}
+        for index, event, seconds, after in steps:
+            user_id = loading_user(event)
+            if user_id is None:
+                self.skipped()
+                continue
+            showing = showings[index] = Showing(engine.loop, threaded=threaded)
+            launch = functools.partial(
+                self._launch_threadsafe if threaded else self._launch,
+                showing,
+                engine,
+                user_id,
+                seconds,
+            )
+            if after is None:
+                launch()
+            else:
+                after.add_done_callback(lambda _, launch=launch: launch())  # type: ignore[misc]  # either kind of future
+        return BodyLoading(showings, deadline, self._settings.loading_wait)
 
     def stop_all(self) -> None:
         """At close: no animation is started again for handlers still running."""

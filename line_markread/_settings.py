@@ -76,12 +76,15 @@ class Settings:
     marks.  It bounds the whole body, not each handler: half of LINE's 2 s."""
 
     request_timeout: float = attrs.field(default=1.0, validator=_positive)
-    """Connect timeout, and the first attempt's whole timeout (s).  Each retry
-    may take ``TIMEOUT_GROWTH`` (4) times longer than the attempt before it (1,
-    4, 16 s), never past ``retry_deadline``: a slow but healthy LINE still gets
-    a mark through in two requests, while the handler's wait stays bounded by
-    ``wait_timeout`` alone.  The SDK's clients default to none (sync) or 300 s
-    (async); 1 s still covers a cold TLS connection from another continent."""
+    """Connect timeout, and the first attempt's whole timeout (s) until LINE has
+    answered; then the first attempt adapts to recent successes' response times,
+    within ``request_timeout`` and 4 times it (``_retry.first_attempt_timeout``).
+    Each retry may take ``TIMEOUT_GROWTH`` (4) times longer than the attempt
+    before it (1, 4, 16 s), never past ``retry_deadline``: a slow but healthy LINE
+    still gets a mark through in two requests (one after the first success),
+    while the handler's wait stays bounded by ``wait_timeout`` alone.  The SDK's
+    clients default to none (sync) or 300 s (async); 1 s still covers a cold TLS
+    connection from another continent."""
 
     max_attempts: int = attrs.field(default=5, validator=_positive_int)
     """Attempts per mark, the first included."""
@@ -110,11 +113,12 @@ class Settings:
     nothing there for this long (s): LINE would refuse it all the same."""
 
     rate_limit_cooldown: float = attrs.field(default=1.0, validator=_non_negative)
-    """After a 429 without ``Retry-After``, pause the channel's requests this long (s)."""
+    """After a 429 without ``Retry-After``, pause the channel's requests to that endpoint
+    this long (s); LINE limits each endpoint separately, so the others go on."""
 
     max_rate_limit_pause: float = attrs.field(default=60.0, validator=_non_negative)
-    """Cap (s) on one channel pause after a 429: a ``Retry-After: 86400`` (or 400
-    digits) pauses the channel this long at most, and each mark is still bounded
+    """Cap (s) on one endpoint's pause after a 429: a ``Retry-After: 86400`` (or 400
+    digits) pauses it this long at most, and each mark is still bounded
     by ``retry_deadline``.  A ``Retry-After`` that is not a number or a date is
     treated as absent."""
 
@@ -175,7 +179,9 @@ class Settings:
     """How long (s) a ``loading=`` handler waits for LINE to accept its loading
     animation (``202``) before it starts anyway.  Waiting puts the animation
     before the reply at LINE, so the reply hides it; a slow or failing loading
-    request delays the handler by this much at most.  ``0``: only requested first."""
+    request delays the handler by this much at most, and in ``handle()`` itself
+    (no ``background=``) never past the body's ``wait_timeout``.  ``0``: only
+    requested first."""
 
     loading_limit: float = attrs.field(default=120.0, validator=_non_negative)
     """No loading animation is started again later than this (s) after the first,

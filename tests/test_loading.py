@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import linebot.v3
@@ -29,7 +36,7 @@ from line_markread.testing import (
     text_event,
 )
 
-from .support import SECRET, Driver, HandlerFactory
+from .support import SECRET, Driver, HandlerFactory, mark_answered_before
 
 
 def reply(fake: FakeLinePlatform, event: Any, text: str) -> None:
@@ -67,6 +74,14 @@ def slow(driver: Driver, seconds: float, then: Callable[[Any], None]) -> Callabl
         then(event)
 
     return on_text
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Check *condition* until it holds (a generous *timeout*: the machine may be loaded)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 def loading(fake: FakeLinePlatform) -> list[RecordedRequest]:
@@ -461,3 +476,195 @@ def test_read_first_loading_on_an_installed_handler(
         handler.add(MessageEvent, loading=5)(read_first(loading=15)(lambda event: None))
     with pytest.raises(ValueError, match="loading"):
         read_first(loading=3)
+
+
+# -- issue 16: closing, the body's time, no start after the handler, 429 per endpoint ----------
+
+
+CLOSES_WHILE_LOADING = textwrap.dedent(
+    """
+    import asyncio, gc, logging, os, sys
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # asyncio's ERRORs, shown
+    from linebot.v3.messaging import Configuration
+    from linebot.v3.webhooks import MessageEvent, TextMessageContent
+    from line_markread import WebhookHandler
+    from line_markread.testing import signed_body, text_event
+
+    path, grace = sys.argv[1], float(sys.argv[2])
+    config = Configuration(host=os.environ["LINE_API_HOST"], access_token="fake-access-token")
+    handler = WebhookHandler(
+        "secret", configuration=config, loading_wait=0.05, request_timeout=10.0, wait_timeout=5.0
+    )
+
+    async def on_text_async(event):
+        pass
+
+    on_text = (lambda event: None) if path == "sync" else on_text_async
+    handler.add(MessageEvent, message=TextMessageContent, loading=True)(on_text)
+    events = [text_event(str(i), user_id="U%032x" % i) for i in range(12)]
+    body, signature = signed_body(*events, channel_secret="secret")
+    if path == "sync":
+        handler.handle(body, signature)
+        handler.close(grace)
+    else:
+        async def main():
+            await handler.handle_async(body, signature)
+            await handler.aclose(grace)
+        asyncio.run(main())
+    del handler
+    gc.collect()
+    print("closed", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+@pytest.mark.parametrize("grace", [0.0, 0.2])
+def test_close_while_loading_requests_hang_logs_nothing_and_leaves_no_task(
+    fake: FakeLinePlatform, tmp_path: Path, path: str, grace: float
+) -> None:
+    # Issue 16.8: every animation of the body still has its request on the wire at close.
+    script = tmp_path / "bot.py"
+    script.write_text(CLOSES_WHILE_LOADING)
+    fake.script(LOADING_PATH, *[Fault.hang()] * 12)
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-X", "dev", str(script), path, str(grace)],
+        env={**os.environ, "LINE_API_HOST": fake.url, "PYTHONASYNCIODEBUG": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert len(fake.loading_requests()) == 12
+    assert (done.returncode, done.stdout) == (0, "closed\n"), done.stderr
+    for complaint in ("Task was destroyed", "Event loop is closed", "Unclosed", "Traceback"):
+        assert complaint not in done.stderr, done.stderr
+
+
+def test_a_body_of_ten_users_with_a_hanging_loading_endpoint_keeps_to_wait_timeout(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    # Issue 16.10: before, each event waited loading_wait in turn (10 x 0.5 s).
+    handler = new_handler(wait_timeout=1.0, request_timeout=10.0)
+    fake.script(LOADING_PATH, *[Fault.hang()] * 10)
+    started: dict[str, float] = {}
+
+    def note(event: Any) -> None:
+        started[event.message.mark_as_read_token] = time.monotonic()
+
+    handler.add(MessageEvent, message=TextMessageContent, loading=True)(slow(driver, 0.0, note))
+    events = [text_event(str(i), user_id=f"U{i:032x}") for i in range(10)]
+    body = signed_body(*events, channel_secret=SECRET)
+    began = time.monotonic()
+    driver.handle(handler, *body)
+    took = time.monotonic() - began
+
+    assert took < 1.0 + 1.5, f"handle took {took:.2f}s"
+    assert len(started) == 10
+    assert list(started) == [e["message"]["markAsReadToken"] for e in events]  # body order
+    starts = fake.wait_for_requests(10, path=LOADING_PATH, completed=False)
+    marks = {r.json["markAsReadToken"]: r for r in fake.mark_requests()}  # type: ignore[index]  # JSON
+    by_user = {r.json["chatId"]: r for r in starts}  # type: ignore[index]  # JSON
+    for event in events:
+        mark = marks[event["message"]["markAsReadToken"]]
+        start = by_user[event["source"]["userId"]]
+        assert mark.responded_at is not None
+        # read, then the animation, then the handler
+        assert mark.responded_at <= start.received_at
+        assert start.received_at <= started[event["message"]["markAsReadToken"]]
+
+
+def test_a_failed_loading_start_is_not_retried_once_the_handler_returned(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    # Issue 16.11: the first start's 503 comes after the handler replied and returned; the
+    # retry it would have earned must not put "typing..." under the answer.
+    handler = new_handler(loading_wait=0.1, request_timeout=3.0)
+    fake.script(LOADING_PATH, Fault.status(503, delay=1.5), Fault.delay(0.2, then=202))
+    returned: list[float] = []
+
+    def answer(event: Any) -> None:
+        reply(fake, event, "done")
+        returned.append(time.monotonic())
+
+    handler.add(MessageEvent, message=TextMessageContent, loading=True)(slow(driver, 0.0, answer))
+    driver.handle(handler, *signed_body(text_event("quick"), channel_secret=SECRET))
+    (first, *_) = fake.wait_for_requests(1, path=LOADING_PATH)  # its 503, after the reply
+    assert first.status == 503
+    assert first.responded_at is not None
+    assert returned[0] < first.responded_at
+    # The animation's outcome is counted once its last request (a retry, before) is answered.
+    wait_until(lambda: handler.stats().loading_failed + handler.stats().loading_started >= 1)
+    (answered,) = [r for r in fake.requests if r.path == REPLY_PATH]
+    assert [r for r in fake.loading_requests() if r.received_at > answered.received_at] == []
+    assert (handler.stats().loading_failed, handler.stats().loading_started) == (1, 0)
+
+
+def test_a_429_from_loading_pauses_loading_only_and_marking_goes_on(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    # Issue 16.12: LINE limits each endpoint separately; loading/start's 429 says nothing
+    # about mark-as-read.
+    handler = new_handler()
+    fake.script(LOADING_PATH, Fault.status(429, retry_after="30"))
+    started: dict[str, float] = {}
+
+    def note(event: Any) -> None:
+        started[event.message.mark_as_read_token] = time.monotonic()
+
+    handler.add(MessageEvent, message=TextMessageContent, loading=True)(slow(driver, 0.0, note))
+    a, b = text_event("a", user_id="U" + "a" * 32), text_event("b", user_id="U" + "b" * 32)
+    # b's first attempt is answered (503) after a's animation was refused: its retry comes
+    # during the loading pause, in the same body.
+    fake.script_token(b["message"]["markAsReadToken"], Fault.status(503, delay=0.4))
+    later = [text_event(f"c{i}", user_id=f"U{i:032x}") for i in range(3)]
+    driver.handle(handler, *signed_body(a, b, channel_secret=SECRET))
+    driver.handle(handler, *signed_body(*later, channel_secret=SECRET))
+
+    tokens = [e["message"]["markAsReadToken"] for e in (a, b, *later)]
+    assert sorted(fake.marked_tokens()) == sorted(tokens)
+    for token in tokens:
+        assert mark_answered_before(fake, {token}, started[token]), "read before its handler"
+    (refused,) = fake.loading_requests()  # nothing more was sent to the paused endpoint
+    assert refused.status == 429
+    stats = handler.stats()
+    assert stats.marked == 5
+    assert stats.loading_started == 0
+
+
+def test_close_ends_a_show_loading_by_hand_that_hangs(
+    fake: FakeLinePlatform,
+    driver: Driver,
+    new_handler: HandlerFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Issue 16.8, by hand: the request is the engine's too, cancelled and awaited at close.
+    handler = new_handler(request_timeout=10.0)
+    fake.script(LOADING_PATH, Fault.hang())
+    answers: list[bool] = []
+    if driver.name == "async":
+
+        async def on_text(event: Any) -> None:
+            answers.append(await handler.ashow_loading(event))
+
+    else:
+
+        def on_text(event: Any) -> None:  # type: ignore[misc]  # the sync twin
+            answers.append(handler.show_loading(event))
+
+    handler.add(MessageEvent, message=TextMessageContent)(on_text)
+    body = signed_body(text_event("hi"), channel_secret=SECRET)
+    worker = threading.Thread(target=driver.handle, args=(handler, *body))
+    with caplog.at_level(logging.WARNING):
+        worker.start()
+        fake.wait_for_requests(1, path=LOADING_PATH, completed=False)
+        began = time.monotonic()
+        driver.close(handler, 0.0)
+        worker.join(timeout=8.0)
+        gc.collect()
+    assert not worker.is_alive(), "show_loading still waits for its request after close"
+    assert time.monotonic() - began < 5.0
+    assert answers == [False]
+    complaints = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert complaints == []

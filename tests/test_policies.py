@@ -13,9 +13,17 @@ from line_markread import ChatId, Settings, is_testing, set_testing
 from line_markread._dispatch import Route, decide
 from line_markread._guard import ChannelGuard
 from line_markread._http import ApiResponse, parse_retry_after
-from line_markread._retry import Verdict, classify, next_delay
+from line_markread._retry import (
+    LATENCY_WINDOW,
+    Latencies,
+    Verdict,
+    attempt_timeout,
+    classify,
+    first_attempt_timeout,
+    next_delay,
+)
 from line_markread._targets import Endpoint, ReadTarget, Skip, read_target
-from line_markread.testing import FakeLinePlatform, text_event
+from line_markread.testing import LOADING_PATH, FakeLinePlatform, text_event
 
 from .support import TOKEN_PATH, Driver, HandlerFactory, body_of
 
@@ -174,15 +182,29 @@ def test_the_auth_latch_lasts_its_cooldown_then_lifts() -> None:
 def test_the_429_pause_takes_retry_after_or_the_cooldown() -> None:
     clock = Clock()
     guard = ChannelGuard(retry_budget=10, auth_cooldown=60.0, rate_limit_cooldown=1.5, clock=clock)
-    assert guard.pause_left() == 0.0
-    guard.rate_limited(None)
-    assert guard.pause_left() == pytest.approx(1.5)
-    guard.rate_limited(4.0)
-    assert guard.pause_left() == pytest.approx(4.0)
-    guard.rate_limited(0.5)  # a shorter pause never cuts a longer one
-    assert guard.pause_left() == pytest.approx(4.0)
+    path = Endpoint.TOKEN.value
+    assert guard.pause_left(path) == 0.0
+    guard.rate_limited(path, None)
+    assert guard.pause_left(path) == pytest.approx(1.5)
+    guard.rate_limited(path, 4.0)
+    assert guard.pause_left(path) == pytest.approx(4.0)
+    guard.rate_limited(path, 0.5)  # a shorter pause never cuts a longer one
+    assert guard.pause_left(path) == pytest.approx(4.0)
     clock.now += 4.0
-    assert guard.pause_left() == 0.0
+    assert guard.pause_left(path) == 0.0
+
+
+def test_a_429_pauses_only_the_endpoint_that_answered_it() -> None:
+    # Issue 16.12: LINE limits each endpoint separately (loading/start 100/s, marks 2,000/s).
+    clock = Clock()
+    guard = ChannelGuard(retry_budget=10, auth_cooldown=60.0, rate_limit_cooldown=1.0, clock=clock)
+    guard.rate_limited(LOADING_PATH, 30.0)
+    assert guard.pause_left(LOADING_PATH) == pytest.approx(30.0)
+    assert guard.pause_left(Endpoint.TOKEN.value) == 0.0
+    assert guard.pause_left(Endpoint.USER.value) == 0.0
+    guard.rate_limited(Endpoint.USER.value, None)
+    assert guard.pause_left(Endpoint.USER.value) == pytest.approx(1.0)
+    assert guard.pause_left(Endpoint.TOKEN.value) == 0.0
 
 
 def test_the_retry_budget_spends_and_refills() -> None:
@@ -195,3 +217,37 @@ def test_the_retry_budget_spends_and_refills() -> None:
     guard.record_success(0)  # a first-try success gives one back
     assert guard.spend_retry(after_timeout=True) == 0  # 8 < 10
     assert guard.spend_retry(after_timeout=False) == 5
+
+
+# -- the adaptive first-attempt timeout (issue 16.20) ------------------------------------
+
+
+def test_the_first_attempt_timeout_adapts_to_a_slow_but_healthy_line_within_bounds() -> None:
+    assert first_attempt_timeout([], 1.0) == 1.0  # nothing seen yet
+    assert first_attempt_timeout([0.05] * 20, 1.0) == 1.0  # never below request_timeout
+    assert first_attempt_timeout([1.2] * 20, 1.0) == pytest.approx(1.8)  # waited for, with room
+    assert first_attempt_timeout([3.0] * 20, 1.0) == 4.0  # never above the second attempt's
+    assert first_attempt_timeout([30.0], 0.5) == 2.0
+    # A few slow outliers (under 10 %) do not stretch it; a slow tenth does.
+    assert first_attempt_timeout([0.1] * 29 + [3.5] * 3, 1.0) == 1.0
+    assert first_attempt_timeout([0.1] * 28 + [2.0] * 4, 1.0) == 3.0
+
+
+def test_latencies_keep_a_bounded_window_of_recent_successes() -> None:
+    latencies = Latencies(1.0)
+    assert latencies.first_timeout == 1.0
+    latencies.observe(1.2)
+    assert latencies.first_timeout == pytest.approx(1.8)
+    for _ in range(LATENCY_WINDOW):  # LINE got fast again: the slow answer is forgotten
+        latencies.observe(0.05)
+    assert latencies.first_timeout == 1.0
+
+
+def test_only_the_first_attempt_uses_the_adaptive_timeout() -> None:
+    settings = Settings(request_timeout=1.0)
+    assert attempt_timeout(1, settings, 30.0) == 1.0
+    assert attempt_timeout(1, settings, 30.0, first=1.8) == 1.8
+    assert attempt_timeout(1, settings, 1.5, first=1.8) == 1.5  # within the deadline
+    assert attempt_timeout(1, settings, 0.1, first=1.8) == 1.0  # but never below request_timeout
+    assert attempt_timeout(2, settings, 30.0, first=1.8) == 4.0
+    assert attempt_timeout(3, settings, 30.0, first=1.8) == 16.0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from line_markread import MarkFailure
+from line_markread import Marker, MarkFailure
 from line_markread.testing import FakeLinePlatform, Fault, message_event, text_event
 
 from .support import (
@@ -30,7 +30,7 @@ from .support import (
 # -- 429 ----------------------------------------------------------------------
 
 
-def test_a_429_pauses_the_whole_channel(
+def test_a_429_pauses_its_endpoint_for_the_whole_channel(
     fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
 ) -> None:
     handler = with_text_handler(
@@ -292,3 +292,27 @@ def test_a_bot_that_never_closes_exits_quietly(
     )
 
     assert (done.returncode, done.stdout, done.stderr) == (0, "handled\n", "")
+
+
+# -- a slow but healthy LINE (issue 16.20) ---------------------------------------------
+
+
+def test_a_slow_but_healthy_api_costs_one_request_per_mark_after_warm_up(
+    fake: FakeLinePlatform,
+) -> None:
+    # Every answer takes 1.2 x request_timeout: before, each first attempt timed out and every
+    # mark cost two requests.  Once a success showed how slow LINE is, first attempts wait.
+    fake.script(TOKEN_PATH, *[Fault.delay(0.6)] * 100)
+    with Marker(configuration=fake.configuration(), request_timeout=0.5, **FAST_RETRIES) as marker:
+        marker.mark([text_event("warm-up", user_id="U" + "f" * 32)], wait=False)
+        marker.flush()
+        warmed = marker.stats()
+        for batch in range(4):
+            events = [text_event(str(i), user_id=f"U{batch}{i:031x}") for i in range(5)]
+            marker.mark(events, wait=False)
+            marker.flush()
+        stats = marker.stats()
+    assert warmed.marked == 1
+    marks, requests = stats.marked - warmed.marked, stats.requests - warmed.requests
+    assert (marks, stats.failed) == (20, 0)
+    assert requests <= 1.2 * marks, f"{requests} requests for {marks} marks"
