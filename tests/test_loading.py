@@ -596,7 +596,7 @@ def test_a_failed_loading_start_is_not_retried_once_the_handler_returned(
     assert returned[0] < first.responded_at
     # The animation's outcome is counted once its last request (a retry, before) is answered.
     wait_until(lambda: handler.stats().loading_failed + handler.stats().loading_started >= 1)
-    (answered,) = [r for r in fake.requests if r.path == REPLY_PATH]
+    (answered,) = [r for r in fake.requests() if r.path == REPLY_PATH]
     assert [r for r in fake.loading_requests() if r.received_at > answered.received_at] == []
     assert (handler.stats().loading_failed, handler.stats().loading_started) == (1, 0)
 
