@@ -101,6 +101,8 @@ class ReplyResult:
     ``reply()`` call), which with the ``webhookEventId`` makes the push's
     ``retry_key``.  ``status`` and ``request_id``: LINE's last answer, if any
     (``request_id`` is ``x-line-accepted-request-id`` on a ``409``).
+    ``uncertain``: ``FAILED``, but LINE may have delivered it (a reply attempt
+    without a clear answer, then the token found used); it is not sent again.
     """
 
     delivery: Delivery
@@ -109,6 +111,7 @@ class ReplyResult:
     status: int | None = None
     request_id: str | None = None
     retry_key: str | None = None
+    uncertain: bool = False
 
     @property
     def delivered(self) -> bool:
@@ -483,7 +486,7 @@ class Replier:
                 "delivery uncertain: a reply attempt got no clear answer and the retry "
                 "found the token used; not pushed, to avoid a second copy"
             )
-            return self._failed(prepared, response, reason), None
+            return attrs.evolve(self._failed(prepared, response, reason), uncertain=True), None
         return None, f"LINE refused the reply token ({_describe(response, error)})"
 
     async def _push(self, engine: Engine, prepared: _Prepared, problem: str | None) -> ReplyResult:
@@ -609,7 +612,7 @@ class Replier:
             if identity is not None:
                 if spent:
                     store.remember(token_key(identity))
-                if result.delivered:
+                if result.delivered or result.uncertain:
                     store.remember(answer_key(identity, prepared.position))
         finally:
             self.release(prepared)
@@ -639,7 +642,7 @@ class Replier:
             if identity is not None:
                 if spent:
                     await store.aremember(token_key(identity))
-                if result.delivered:
+                if result.delivered or result.uncertain:
                     await store.aremember(answer_key(identity, prepared.position))
         finally:
             self.release(prepared)
@@ -708,6 +711,7 @@ def _describe(response: ApiResponse | None, error: str) -> str:
     if is_quota(response):
         return f"429 monthly message quota reached: {response.message}"
     if response.status == 429:
-        return f"429 rate limited beyond the retry deadline: {response.message or ''}".rstrip(": ")
+        detail = f": {response.message}" if response.message else ""
+        return f"429 rate limited until the attempts or the retry deadline ran out{detail}"
     text = f"{response.status} {response.message or ''}".strip()
     return f"{text}; {error}" if error else text

@@ -304,6 +304,23 @@ def test_transient_failures_are_retried_like_marks(
     assert_answered_once(fake, event)
 
 
+def test_a_reply_whose_answer_was_lost_is_not_pushed_as_a_second_copy(
+    fake: FakeLinePlatform, bot: Callable[..., Bot], no_backoff: None
+) -> None:
+    b = bot()
+    b.register(answer, push_fallback=True)
+    fake.script(REPLY_PATH, Fault.drop(processed=True))  # LINE replied; the answer is lost
+    event = text_event("hi", user_id=USER)
+    b.send(event)
+    (result,) = results(b, 1)
+    assert result.delivery is Delivery.FAILED
+    assert result.uncertain
+    assert "uncertain" in (result.reason or "")
+    assert [r.status for r in fake.reply_requests()] == [None, 400]
+    assert fake.push_requests() == []
+    assert_answered_once(fake, event)  # the lost answer did reach the user, once
+
+
 def test_the_monthly_quota_is_reported_and_not_retried(
     fake: FakeLinePlatform, bot: Callable[..., Bot], caplog: pytest.LogCaptureFixture
 ) -> None:
