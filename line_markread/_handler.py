@@ -421,7 +421,12 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             # The plain step, inline: no coroutine object per event for handlers
             # that use neither keyword.
             answers = self._markread_answers
-            run = await answers.astart(step.raw, route.once, route.push_fallback)
+            once, fallback = route.once, route.push_fallback
+            run = (  # no coroutine per event for the in-memory store
+                answers.start(step.raw, once, fallback)
+                if answers.nonblocking
+                else await answers.astart(step.raw, once, fallback)
+            )
             if run is None:  # completed before: a redelivery or a duplicate
                 continue
             if step.decision is True:
@@ -433,7 +438,10 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                     await result
             finally:
                 CURRENT_RUN.reset(current)
-            await answers.afinish(run, route.once)
+            if answers.nonblocking:
+                answers.finish(run, once)
+            else:
+                await answers.afinish(run, once)
         if reservation is not None:
             reservation.cancel()  # room a re-routed step did not use
 

@@ -52,7 +52,7 @@ import attrs
 
 from ._engine import Engine
 from ._http import ApiResponse, TransportError
-from ._once import OnceStore, answer_key, event_key, token_key
+from ._once import MemoryOnceStore, OnceStore, answer_key, event_key, token_key
 from ._retry import Verdict, attempt_timeout, classify, next_delay
 from ._settings import Settings
 from ._stats import Counters, Stats
@@ -327,9 +327,18 @@ class Replier:
 
     # -- arrivals and runs ------------------------------------------------------
 
-    def arrived(self, raws: Sequence[Mapping[str, Any]]) -> None:
-        """A webhook body arrived now: its reply tokens' minute starts (again, if redelivered)."""
-        now = self._clock()
+    @property
+    def nonblocking(self) -> bool:
+        """Whether the store never waits (the in-memory one): async paths may call it as is."""
+        return type(self.store) is MemoryOnceStore
+
+    def arrived(self, raws: Sequence[Mapping[str, Any]], *, ago: float = 0.0) -> None:
+        """A webhook body arrived *ago* seconds ago: its reply tokens' minute starts (again).
+
+        ``handle()`` passes 0; a worker running a job deferred by another
+        process passes the time since that process received the webhook.
+        """
+        now = self._clock() - ago
         with self._lock:
             for raw in raws:
                 event_id = raw.get("webhookEventId")
