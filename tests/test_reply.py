@@ -33,6 +33,7 @@ from line_markread.testing import (
     TOKEN_MARK_AS_READ_PATH,
     FakeLinePlatform,
     Fault,
+    WebhookFactory,
     assert_answered_once,
     text_event,
 )
@@ -370,6 +371,19 @@ def test_bad_messages_raise_in_the_caller_before_anything_is_sent(
             handler.reply(event, text("x"), push_fallback=1)  # type: ignore[arg-type]  # the point
     assert fake.reply_requests() == []
     assert fake.push_requests() == []
+
+
+def test_the_webhook_factory_waits_for_answers_still_to_come(
+    fake: FakeLinePlatform, bot: Callable[..., Bot]
+) -> None:
+    b = bot()
+    b.register(slow_answer)
+    webhooks = WebhookFactory(SECRET)
+    signed = webhooks(text_event("one", user_id=USER), text_event("two", user_id=USER))
+    b.driver.handle(b.handler, signed.body, signed.signature)
+    webhooks.assert_answered_once(fake)  # background answers arrive after handle() returned
+    with pytest.raises(AssertionError, match="got 1 answer"):
+        webhooks.assert_answered_once(fake, answers=2, timeout=0.1)
 
 
 # -- the fake's side, over raw HTTP -----------------------------------------------------

@@ -54,13 +54,20 @@ def answers_of(platform: FakeLinePlatform, event: Event) -> list[RecordedRequest
     return found
 
 
-def assert_answered_once(platform: FakeLinePlatform, *events: Event, answers: int = 1) -> None:
+def assert_answered_once(
+    platform: FakeLinePlatform, *events: Event, answers: int = 1, timeout: float = 5.0
+) -> None:
     """Each of *events* got exactly *answers* accepted answers (default 1): none lost, none twice.
 
     *events* are the raw event JSON objects the test sent (``text_event(...)``).
+    Waits up to *timeout* seconds for answers still to come (background
+    handlers), then checks the counts.
     """
     if not 1 <= answers <= MAX_MESSAGES * _POSITIONS:
         raise ValueError(f"answers must be a positive count, got {answers!r}")
+    lock = platform._records.lock
+    with lock:  # woken by every arrival and completion; no polling
+        lock.wait_for(lambda: all(len(answers_of(platform, e)) >= answers for e in events), timeout)
     problems = []
     for event in events:
         got = answers_of(platform, event)
