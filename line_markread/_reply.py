@@ -317,7 +317,8 @@ class Replier:
         self._lock = threading.Lock()
         self._counters = Counters()
         self._arrivals: OrderedDict[str, float] = OrderedDict()
-        self._detached: OrderedDict[str, Run] = OrderedDict()
+        self._runs: OrderedDict[str, Run] = OrderedDict()
+        """The latest run per event: ``reply()`` outside it (a task it left) continues it."""
         self._delivering: set[str] = set()
         self._rng = random.Random(settings.jitter_seed)
 
@@ -349,9 +350,15 @@ class Replier:
                 self._arrivals.popitem(last=False)
 
     def _run(self, event_id: str | None, push_fallback: bool) -> Run:
-        with self._lock:
-            received = None if event_id is None else self._arrivals.get(event_id)
-        return Run(event_id, received, push_fallback)
+        """A new run of a handler for *event_id*, numbering its answers from 0 (lock held)."""
+        received = None if event_id is None else self._arrivals.get(event_id)
+        run = Run(event_id, received, push_fallback)
+        if event_id is not None:
+            self._runs[event_id] = run
+            self._runs.move_to_end(event_id)
+            while len(self._runs) > self._tracked:
+                self._runs.popitem(last=False)
+        return run
 
     def start(self, raw: Mapping[str, Any], once: bool, push_fallback: bool) -> Run | None:
         """Before a handler runs: its ``Run``; ``None`` if it completed for this event before."""
@@ -359,7 +366,8 @@ class Replier:
         if once and event_id is not None and self.store.seen(event_key(event_id)):
             self._skipped(event_id)
             return None
-        return self._run(event_id, push_fallback)
+        with self._lock:
+            return self._run(event_id, push_fallback)
 
     async def astart(self, raw: Mapping[str, Any], once: bool, push_fallback: bool) -> Run | None:
         """``start`` on the loop (the store's async method)."""
@@ -367,7 +375,8 @@ class Replier:
         if once and event_id is not None and await self.store.aseen(event_key(event_id)):
             self._skipped(event_id)
             return None
-        return self._run(event_id, push_fallback)
+        with self._lock:
+            return self._run(event_id, push_fallback)
 
     def finish(self, run: Run, once: bool) -> None:
         """The handler returned without raising: remember its event."""
@@ -388,20 +397,19 @@ class Replier:
         )
 
     def _current(self, event: Any) -> Run:
-        """The run *event*'s answers count in: the current handler run, else one per event."""
+        """The run *event*'s answers count in: the current handler run, else its latest run.
+
+        Outside any run (a thread the handler started, a call after it
+        returned) the answers continue the event's latest run, so they never
+        take the positions of answers already delivered.
+        """
         event_id = event_id_of(event)
         run = CURRENT_RUN.get()
         if run is not None and run.event_id == event_id:
             return run
-        key = event_id if event_id is not None else f"object/{id(event)}"
         with self._lock:
-            detached = self._detached.get(key)
-            if detached is None:
-                received = None if event_id is None else self._arrivals.get(event_id)
-                detached = self._detached[key] = Run(event_id, received, False)
-                while len(self._detached) > self._tracked:
-                    self._detached.popitem(last=False)
-            return detached
+            latest = None if event_id is None else self._runs.get(event_id)
+            return latest if latest is not None else self._run(event_id, False)
 
     # -- reply ------------------------------------------------------------------
 

@@ -159,6 +159,27 @@ def test_a_per_call_opt_in_overrides_the_handler_default(
     assert push.json["to"] == GROUP  # type: ignore[index]  # JSON object
 
 
+def test_an_answer_after_the_handler_returned_continues_its_positions(
+    fake: FakeLinePlatform, bot: Callable[..., Bot]
+) -> None:
+    b = bot()
+    b.register(answer)
+    event = text_event("hi", user_id=USER)
+    b.send(event)
+    (first,) = results(b, 1)
+    b.settle()
+    # A follow-up from outside the handler run (say, a job the handler started).
+    if b.case.path == "sync":
+        later = b.handler.reply(_model(event), text("one more thing"), push_fallback=True)
+    else:
+        later = b.driver.run(  # type: ignore[attr-defined]  # AsyncDriver
+            b.handler.areply(_model(event), text("one more thing"), push_fallback=True)
+        )
+    assert (first.delivery, first.position) == (Delivery.REPLIED, 0)
+    assert (later.delivery, later.position) == (Delivery.PUSHED, 1)
+    assert_answered_once(fake, event, answers=2)
+
+
 def test_the_fake_expires_tokens_on_its_clock_and_the_plugin_falls_back_to_push(
     bot: Callable[..., Bot],
 ) -> None:
