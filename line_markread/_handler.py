@@ -375,12 +375,12 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         route = step.route
         assert route is not None  # only steps with a handler get here
         marker = self._markread_marker
+        if step.decision is True:
+            marker._wait_event(ticket, index)
         answers = self._markread_answers
         run = answers.start(step.raw, route.once, route.push_fallback)
         if run is None:  # completed before: a redelivery or a duplicate
             return
-        if step.decision is True:
-            marker._wait_event(ticket, index)
         showing = self._show(step.event, route.loading) if route.loading else None
         try:
             result = run.call(route.call, step.event, destination)
@@ -420,6 +420,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                 continue
             # The plain step, inline: no coroutine object per event for handlers
             # that use neither keyword.
+            if step.decision is True:
+                await self._markread_marker._await_event(ticket, index)
             answers = self._markread_answers
             once, fallback = route.once, route.push_fallback
             run = (  # no coroutine per event for the in-memory store
@@ -429,8 +431,6 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             )
             if run is None:  # completed before: a redelivery or a duplicate
                 continue
-            if step.decision is True:
-                await self._markread_marker._await_event(ticket, index)
             current = CURRENT_RUN.set(run)
             try:
                 result = route.call(step.event, plan.destination)
@@ -456,12 +456,12 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         """One step on the loop; a sync handler runs in *executor* when one is given."""
         route = step.route
         assert route is not None  # only steps with a handler get here
+        if step.decision is True:
+            await self._markread_marker._await_event(ticket, index)
         answers = self._markread_answers
         run = await answers.astart(step.raw, route.once, route.push_fallback)
         if run is None:  # completed before: a redelivery or a duplicate
             return
-        if step.decision is True:
-            await self._markread_marker._await_event(ticket, index)
         showing = await self._ashow(step.event, route.loading) if route.loading else None
         current = CURRENT_RUN.set(run)
         try:
