@@ -9,9 +9,11 @@ event's key is remembered, and a later delivery of the same event skips it.
 A handler that raised is not remembered, so a redelivery runs it again: LINE
 redelivers exactly because of such errors.
 
-The same store remembers the answers ``reply()`` delivered (``answer_key``)
-and the reply tokens it used (``token_key``), so a re-run of a handler (once
-disabled, or a durable job after a crash) never sends an answer twice.
+The same store remembers the answers ``reply()`` delivered (``answer_key``),
+the reply tokens it used (``token_key``) and, written before a reply that a
+push could follow, the reply it was about to send (``attempt_key``), so a
+re-run of a handler (once disabled, or a durable job after a crash) never
+sends an answer twice.
 
 ``OnceStore`` is the seam: ``MemoryOnceStore`` (bounded, this process only)
 is the default; a store shared by every worker (the PostgreSQL queue) makes
@@ -39,6 +41,11 @@ def event_key(event_id: str) -> str:
 def answer_key(event_id: str, position: int) -> str:
     """The key saying "answer number *position* (from 0) of this event was delivered"."""
     return f"answer/{event_id}/{position}"
+
+
+def attempt_key(event_id: str, position: int) -> str:
+    """The key saying "a reply of answer *position* was about to be sent" (written ahead)."""
+    return f"attempt/{event_id}/{position}"
 
 
 def token_key(event_id: str) -> str:

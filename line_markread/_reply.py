@@ -52,7 +52,7 @@ import attrs
 
 from ._engine import Engine
 from ._http import ApiResponse, TransportError
-from ._once import MemoryOnceStore, OnceStore, answer_key, event_key, token_key
+from ._once import MemoryOnceStore, OnceStore, answer_key, attempt_key, event_key, token_key
 from ._retry import Verdict, attempt_timeout, classify, next_delay
 from ._settings import Settings
 from ._stats import Counters, Stats
@@ -463,17 +463,29 @@ class Replier:
         result = ReplyResult(Delivery.ALREADY_DELIVERED, reason, prepared.position)
         return self.count(result, prepared)
 
-    async def deliver(
-        self, engine: Engine, prepared: _Prepared, token_used: bool
-    ) -> tuple[ReplyResult, bool]:
-        """On the engine's loop: reply, or push, or neither; and whether the token is spent."""
-        problem = token_problem(
+    def problem(self, prepared: _Prepared, token_used: bool) -> str | None:
+        """Why the reply token must not be tried for *prepared* (``None``: reply)."""
+        return token_problem(
             reply_token=prepared.reply_token,
             used=token_used,
             age=prepared.age,
             window=self.reply_window,
             event_age=prepared.event_age,
         )
+
+    def crashed_reply(self, prepared: _Prepared) -> ReplyResult:
+        """An earlier run started replying this answer and never recorded how it ended."""
+        reason = (
+            "delivery uncertain: an earlier run of this handler was replying this answer "
+            "and stopped before recording the outcome; not sent again"
+        )
+        result = ReplyResult(Delivery.FAILED, reason, prepared.position, uncertain=True)
+        return self.count(result, prepared)
+
+    async def deliver(
+        self, engine: Engine, prepared: _Prepared, problem: str | None
+    ) -> tuple[ReplyResult, bool]:
+        """On the engine's loop: reply, or push, or neither; and whether the token is spent."""
         spent = False
         if problem is None:
             replied, problem = await self._reply(engine, prepared)
@@ -610,6 +622,16 @@ class Replier:
             return self.already(prepared, "another run of this handler is delivering it")
         try:
             used = identity is not None and store.seen(token_key(identity))
+            problem = self.problem(prepared, used)
+            if identity is not None and prepared.push_fallback:
+                # Written ahead: a run that dies between LINE's 200 and the records below
+                # must not let a re-run push a second copy (its reply would find the
+                # token used).
+                attempt = attempt_key(identity, prepared.position)
+                if store.seen(attempt):
+                    return self.crashed_reply(prepared)
+                if problem is None:
+                    store.remember(attempt)
             try:
                 loop_engine = engine()
             except RuntimeError as e:  # closed
@@ -623,7 +645,7 @@ class Replier:
                     "line_markread: reply() called on the plugin's own loop; use areply()"
                 )
             future = asyncio.run_coroutine_threadsafe(
-                self.deliver(loop_engine, prepared, used), loop_engine.loop
+                self.deliver(loop_engine, prepared, problem), loop_engine.loop
             )
             result, spent = future.result()
             if identity is not None:
@@ -651,11 +673,18 @@ class Replier:
             return self.already(prepared, "another run of this handler is delivering it")
         try:
             used = identity is not None and await store.aseen(token_key(identity))
+            problem = self.problem(prepared, used)
+            if identity is not None and prepared.push_fallback:
+                attempt = attempt_key(identity, prepared.position)  # written ahead, as above
+                if await store.aseen(attempt):
+                    return self.crashed_reply(prepared)
+                if problem is None:
+                    await store.aremember(attempt)
             try:
                 loop_engine = engine()
             except RuntimeError as e:  # closed
                 return self.count(ReplyResult(Delivery.FAILED, str(e), prepared.position), prepared)
-            result, spent = await self.deliver(loop_engine, prepared, used)
+            result, spent = await self.deliver(loop_engine, prepared, problem)
             if identity is not None:
                 if spent:
                     await store.aremember(token_key(identity))

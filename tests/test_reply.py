@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from line_markread import Delivery, WebhookHandler
+from line_markread import Delivery, MemoryOnceStore, WebhookHandler
 from line_markread._http import ApiResponse
 from line_markread._reply import (
     chat_of,
@@ -282,6 +282,56 @@ def test_a_re_run_of_the_handler_pushes_once(
     assert elsewhere.delivery is Delivery.ALREADY_DELIVERED
     assert elsewhere.status == 409
     assert [r.status for r in fake.push_requests()] == [200, 409]
+    assert_answered_once(fake, event)
+
+
+class Crash(Exception):
+    """The process dies here (in the test: an exception nobody catches)."""
+
+
+class CrashingStore(MemoryOnceStore):
+    """A store shared by two 'processes' whose first writer dies right after LINE's 200."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crash_on = "answer/"
+
+    def remember(self, key: str) -> None:
+        if key.startswith(self.crash_on):
+            self.crash_on = "never"
+            raise Crash(key)
+        super().remember(key)
+
+    async def aremember(self, key: str) -> None:
+        self.remember(key)
+
+
+def test_a_re_run_after_a_crash_between_the_reply_and_its_record_sends_no_second_copy(
+    fake: FakeLinePlatform, bot: Callable[..., Bot]
+) -> None:
+    store = CrashingStore()
+    b = bot(once_store=store)
+    b.register(answer, push_fallback=True)
+    event = text_event("hi", user_id=USER)
+    if b.case.background:
+        b.send(event)
+        b.wait_stat("background_failed", 1)
+    else:
+        with pytest.raises(Crash):
+            b.send(event)
+    assert [r.status for r in fake.reply_requests()] == [200]
+    # The job runs again elsewhere, with the same (durable) store: no reply, and no push.
+    other = Bot(b.case, fake, once_store=store)
+    try:
+        other.register(answer, push_fallback=True)
+        other.send(redelivered(event))
+        (again,) = results(other, 1)
+    finally:
+        other.close()
+    assert again.delivery is Delivery.FAILED
+    assert again.uncertain
+    assert len(fake.reply_requests()) == 1
+    assert fake.push_requests() == []
     assert_answered_once(fake, event)
 
 
