@@ -36,7 +36,7 @@ from ._dispatch import (
 )
 from ._loading import Showing, loading_user, validate_loading
 from ._marker import BlockingTicket, Marker
-from ._once import MemoryOnceStore, OnceStore, validate_once
+from ._once import KEYS_PER_EVENT, MemoryOnceStore, OnceStore, validate_once
 from ._outcome import Outcome
 from ._read_first import options_of
 from ._reply import (
@@ -121,10 +121,12 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         self._markread_closed = False
         if once_store is not None and not isinstance(once_store, OnceStore):
             raise TypeError(f"once_store must implement OnceStore, got {once_store!r}")
+        bound = marker.settings.max_tracked_chats  # as many events as the engine remembers
         self._markread_answers = Replier(
             marker.settings,
-            MemoryOnceStore() if once_store is None else once_store,
+            MemoryOnceStore(size=KEYS_PER_EVENT * bound) if once_store is None else once_store,
             reply_window=validate_reply_window(reply_window),
+            tracked=bound,
         )
 
     def __repr__(self) -> str:

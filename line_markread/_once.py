@@ -26,11 +26,16 @@ import threading
 from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
-DEFAULT_ONCE_SIZE = 10_000
-"""Keys ``MemoryOnceStore`` keeps (least recently used forgotten first): about 1.5 MB.
+DEFAULT_ONCE_SIZE = 40_000
+"""Keys ``MemoryOnceStore`` keeps (least recently used forgotten first): about 6 MB.
 
-LINE redelivers within minutes; 10,000 events is the traffic of hours for
-most bots, and the engine keeps as many ``webhookEventId``s for its marks."""
+A handler's default store keeps ``KEYS_PER_EVENT`` keys per event for
+``max_tracked_chats`` (10,000) events, as many ``webhookEventId``s as the
+engine keeps for its marks.  LINE redelivers within minutes; 10,000 events
+is the traffic of hours for most bots."""
+
+KEYS_PER_EVENT = 4
+"""Handled, and for a first answer: delivered, token used, reply written ahead."""
 
 
 def event_key(event_id: str) -> str:
