@@ -12,6 +12,11 @@ webhook within LINE's 2-second deadline:
 * ``background=True``: the webhook is answered at once; the handler runs
   afterwards, still only after the message is read, one at a time per chat.
 
+The answer goes out with ``handler.areply()``: the reply token while it works
+(LINE gives it about a minute), a push when the model took longer
+(``push_fallback=True``; a push costs message quota, a reply does not), and
+never twice, even when LINE redelivers the message.
+
 The "model" here is a sleep of ``ASSISTANT_THINKING_SECONDS`` (default 3),
 then an echo, so a run against a fake platform shows the mark-as-read
 request, the loading animation and the reply, in that order.
@@ -20,18 +25,13 @@ request, the loading animation and the reply, in that order.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 from _common import line_settings, parse_args, serve_aiohttp
 from aiohttp import web
-from linebot.v3.messaging import (
-    AsyncApiClient,
-    AsyncMessagingApi,
-    ReplyMessageRequest,
-    TextMessage,
-)
+from linebot.v3.messaging import TextMessage
 from linebot.v3.webhooks import MessageEvent, StickerMessageContent, TextMessageContent
 
 import line_markread.aiohttp
@@ -41,7 +41,7 @@ channel_secret, configuration = line_settings()
 thinking_seconds = float(os.getenv("ASSISTANT_THINKING_SECONDS", "3"))
 
 handler = WebhookHandler(channel_secret, configuration=configuration)
-line_api: dict[str, AsyncMessagingApi] = {}
+log = logging.getLogger("assistant_bot")
 
 
 async def ask_the_model(question: str) -> str:
@@ -49,13 +49,15 @@ async def ask_the_model(question: str) -> str:
     return question
 
 
-@handler.add(MessageEvent, message=TextMessageContent, loading=True, background=True)
+@handler.add(
+    MessageEvent, message=TextMessageContent, loading=True, background=True, push_fallback=True
+)
 async def handle_message(event: Any) -> None:
     # Read by now, and the loading animation shows while the model thinks.
     answer = await ask_the_model(event.message.text)
-    await line_api["client"].reply_message(
-        ReplyMessageRequest(reply_token=event.reply_token, messages=[TextMessage(text=answer)])
-    )
+    result = await handler.areply(event, TextMessage(text=answer))
+    if not result.delivered:  # already logged by the plugin; a bot may meter it too
+        log.info("answer not delivered: %s", result.reason)
 
 
 @handler.add(MessageEvent, message=StickerMessageContent, mark_as_read=False)
@@ -63,17 +65,9 @@ async def handle_sticker(event: Any) -> None:
     """Opted out: stickers stay unread, say for a human agent in LINE Official Account Manager."""
 
 
-async def messaging_api(app: web.Application) -> AsyncIterator[None]:
-    """One LINE API client per app, closed after the handler drained (registered first)."""
-    async with AsyncApiClient(configuration) as api_client:
-        line_api["client"] = AsyncMessagingApi(api_client)
-        yield
-
-
 def create_app() -> web.Application:
     app = web.Application()
-    # Cleanup runs in reverse: background handlers finish before the client closes.
-    app.cleanup_ctx.append(messaging_api)
+    # areply() sends through the handler's own client: nothing else to open or close.
     line_markread.aiohttp.init_app(app, handler)  # POST /callback; drained on app cleanup
     return app
 

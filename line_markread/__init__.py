@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from ._body import WebhookBodyError
     from ._handler import WebhookHandler, install
     from ._marker import Marker
+    from ._once import MemoryOnceStore, OnceStore
     from ._outcome import MarkFailure, Outcome
     from ._read_first import read_first
+    from ._reply import Delivery, ReplyResult
     from ._retry import is_testing, set_testing
     from ._settings import Settings
     from ._stats import Stats
@@ -32,9 +34,13 @@ if TYPE_CHECKING:
 __all__ = [
     "BackgroundFull",
     "ChatId",
+    "Delivery",
     "MarkFailure",
     "Marker",
+    "MemoryOnceStore",
+    "OnceStore",
     "Outcome",
+    "ReplyResult",
     "Settings",
     "Stats",
     "WebhookBodyError",
@@ -49,9 +55,13 @@ __all__ = [
 _LAZY = {
     "BackgroundFull": "._background",
     "ChatId": "._targets",
+    "Delivery": "._reply",
     "MarkFailure": "._outcome",
     "Marker": "._marker",
+    "MemoryOnceStore": "._once",
+    "OnceStore": "._once",
     "Outcome": "._outcome",
+    "ReplyResult": "._reply",
     "Settings": "._settings",
     "Stats": "._stats",
     "WebhookBodyError": "._body",

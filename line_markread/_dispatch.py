@@ -77,6 +77,10 @@ class Route:
     is_async: bool
     loading: int = 0
     background: bool = False
+    once: bool = True
+    """Skip the handler for an event it completed before (``_once``)."""
+    push_fallback: bool = False
+    """``reply()`` pushes when the reply token is no longer usable (``_reply``)."""
 
     @classmethod
     def of(
@@ -86,13 +90,16 @@ class Route:
         *,
         loading: int = 0,
         background: bool = False,
+        once: bool = True,
+        push_fallback: bool = False,
     ) -> Route:
         if not callable(func):
             raise TypeError(f"a handler must be callable, got {func!r}")
         # The SDK's rule, verbatim: varargs or 2 parameters -> (event, destination).
         spec = inspect.getfullargspec(func)
         arity = 2 if spec.varargs is not None else min(len(spec.args), 2)
-        return cls(func, policy, arity, inspect.iscoroutinefunction(func), loading, background)
+        is_async = inspect.iscoroutinefunction(func)
+        return cls(func, policy, arity, is_async, loading, background, once, push_fallback)
 
     def call(self, event: Any, destination: str | None) -> Any:
         if self.arity == 2:

@@ -37,7 +37,7 @@ import itertools
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -137,18 +137,26 @@ class Engine:
         """The channel's guard (auth latch, 429 pause, retry budget), for other requests."""
         return self._guard
 
-    async def request(self, path: str, payload: bytes) -> ApiResponse:
-        """One POST to another endpoint of LINE (the loading animation), as marks are sent.
+    async def request(
+        self,
+        path: str,
+        payload: bytes,
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> ApiResponse:
+        """One POST to another endpoint of LINE (loading animation, reply, push), as marks are sent.
 
         Same session, auth, hardening and concurrency slots as the marks, one
-        ``request_timeout`` per attempt; the caller applies the guard.  Raises
-        ``TransportError`` without an answer.
+        ``request_timeout`` per attempt unless *timeout* says otherwise; the
+        caller applies the guard.  Raises ``TransportError`` without an answer.
         """
         if self._closed:
             raise TransportError("the handler/marker is closed")
         async with self._slots:
-            timeout = self._settings.request_timeout
-            return await self._transport.post_json(path, payload, timeout=timeout)
+            if timeout is None:
+                timeout = self._settings.request_timeout
+            return await self._transport.post_json(path, payload, timeout=timeout, headers=headers)
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T] | None:
         """Run *coro* (a loading animation's refresher or start) as a task ``aclose`` will end.

@@ -36,8 +36,17 @@ from ._dispatch import (
 )
 from ._loading import BodyLoading, Showing, loading_user, validate_loading
 from ._marker import BlockingTicket, Marker
+from ._once import KEYS_PER_EVENT, MemoryOnceStore, OnceStore, validate_once
 from ._outcome import Outcome
 from ._read_first import options_of
+from ._reply import (
+    CURRENT_RUN,
+    DEFAULT_REPLY_WINDOW,
+    Replier,
+    ReplyResult,
+    validate_push_fallback,
+    validate_reply_window,
+)
 from ._settings import Settings
 from ._stats import Stats
 
@@ -67,6 +76,11 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     option may follow as a keyword.  Use ``handle()`` from sync frameworks
     (Flask) and ``await handle_async()`` from async ones (aiohttp, FastAPI),
     where handlers may be ``async def``.
+
+    ``once_store=``: where "this event was handled" and "this answer was
+    delivered" are remembered (default: a ``MemoryOnceStore`` of this
+    process).  ``reply_window=``: seconds after the webhook during which
+    ``reply()`` uses the reply token (default 50, under LINE's minute).
     """
 
     def __init__(
@@ -76,14 +90,23 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         *,
         access_token: str | None = None,
         configuration: Any = None,
+        once_store: OnceStore | None = None,
+        reply_window: float = DEFAULT_REPLY_WINDOW,
         **options: Any,
     ) -> None:
         super().__init__(channel_secret, skip_signature_verification)
         self._install_markread(
-            Marker(access_token=access_token, configuration=configuration, **options)
+            Marker(access_token=access_token, configuration=configuration, **options),
+            once_store,
+            reply_window,
         )
 
-    def _install_markread(self, marker: Marker) -> None:
+    def _install_markread(
+        self,
+        marker: Marker,
+        once_store: OnceStore | None = None,
+        reply_window: float = DEFAULT_REPLY_WINDOW,
+    ) -> None:
         # Attribute names are prefixed so they cannot clash with the SDK's own.
         self._markread_marker = marker
         self._markread_routes: dict[str, Route] = {}
@@ -96,6 +119,15 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         self._markread_threads: ThreadPool | None = None
         self._markread_tasks: dict[asyncio.AbstractEventLoop, TaskPool] = {}
         self._markread_closed = False
+        if once_store is not None and not isinstance(once_store, OnceStore):
+            raise TypeError(f"once_store must implement OnceStore, got {once_store!r}")
+        bound = marker.settings.max_tracked_chats  # as many events as the engine remembers
+        self._markread_answers = Replier(
+            marker.settings,
+            MemoryOnceStore(size=KEYS_PER_EVENT * bound) if once_store is None else once_store,
+            reply_window=validate_reply_window(reply_window),
+            tracked=bound,
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._markread_marker!r}>"
@@ -110,6 +142,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         mark_as_read: MarkPolicy | Unset = UNSET,
         loading: bool | int = False,
         background: bool = False,
+        once: bool = True,
+        push_fallback: bool = False,
     ) -> Callable[[F], F]:
         """Register a handler, as in the SDK, with what to do before it runs.
 
@@ -124,14 +158,24 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         and while the handler runs (``True``: 20 s at a time, or 5..60 seconds
         in steps of 5).  ``background``: run the handler after ``handle()``
         returned, one at a time per chat, in the handler's bounded pool.
+
+        ``once`` (default ``True``): an event this handler completed (returned
+        without raising) is not run again when LINE delivers it again (same
+        ``webhookEventId``); ``False`` runs every delivery.  ``push_fallback``
+        (default ``False``): ``reply()`` pushes when the reply token is no
+        longer usable (push counts against the monthly message quota).
         Bad values raise ``TypeError``/``ValueError`` here.
         """
         policy = None if mark_as_read is UNSET else validate_policy(mark_as_read)
         seconds, background = self._markread_slow_options(loading, background)
+        answers = {
+            "once": validate_once(once),
+            "push_fallback": validate_push_fallback(push_fallback),
+        }
         messages = message if isinstance(message, (list, tuple)) else [message]
 
         def decorator(func: F) -> F:
-            route = self._markread_route(func, policy, seconds, background)
+            route = self._markread_route(func, policy, seconds, background, **answers)
             for item in messages:
                 self._markread_routes[route_key(event, item)] = route
             return func
@@ -144,6 +188,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         mark_as_read: MarkPolicy | Unset = UNSET,
         loading: bool | int = False,
         background: bool = False,
+        once: bool = True,
+        push_fallback: bool = False,
     ) -> Callable[[F], F]:
         """Register the handler for events no other handler takes, as in the SDK.
 
@@ -151,9 +197,15 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         """
         policy = None if mark_as_read is UNSET else validate_policy(mark_as_read)
         seconds, background = self._markread_slow_options(loading, background)
+        answers = {
+            "once": validate_once(once),
+            "push_fallback": validate_push_fallback(push_fallback),
+        }
 
         def decorator(func: F) -> F:
-            self._markread_default = self._markread_route(func, policy, seconds, background)
+            self._markread_default = self._markread_route(
+                func, policy, seconds, background, **answers
+            )
             return func
 
         return decorator
@@ -173,12 +225,16 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         policy: MarkPolicy | None,
         loading: int = 0,
         background: bool = False,
+        *,
+        once: bool = True,
+        push_fallback: bool = False,
     ) -> Route:
         """The route for *func*: ``add()``'s options, or those of its ``@read_first`` wrapper."""
         options = options_of(func)
+        answers = {"once": once, "push_fallback": push_fallback}
         if options is None:
             policy = True if policy is None else policy
-            return Route.of(func, policy, loading=loading, background=background)
+            return Route.of(func, policy, loading=loading, background=background, **answers)
         if policy is not None:
             raise TypeError(
                 f"{options.func!r}: mark_as_read= given both to handler.add() and to "
@@ -201,7 +257,9 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                 "@read_first(); give it in one place"
             )
         loading = loading or options.loading
-        return Route.of(options.func, options.mark_as_read, loading=loading, background=background)
+        return Route.of(
+            options.func, options.mark_as_read, loading=loading, background=background, **answers
+        )
 
     # -- handling ---------------------------------------------------------
 
@@ -214,6 +272,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         )
         if self._markread_marker.settings.settle_before_return:
             _refuse_background(plan)
+        self._markread_answers.arrived([step.raw for step in plan.steps])
         return plan
 
     def handle(self, body: str | bytes, signature: str) -> None:
@@ -341,12 +400,18 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         marker = self._markread_marker
         if step.decision is True:
             marker._wait_event(ticket, index)
+        answers = self._markread_answers
+        run = answers.start(step.raw, route.once, route.push_fallback)
+        if run is None:  # completed before: a redelivery or a duplicate
+            if loading is not None:
+                loading.skip(index)
+            return
         if loading is not None:
             showing = loading.wait(index)
         else:
             showing = self._show(step.event, route.loading) if route.loading else None
         try:
-            result = route.call(step.event, destination)
+            result = run.call(route.call, step.event, destination)
         finally:
             if showing is not None:
                 showing.stop()
@@ -357,6 +422,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                 f"handler {route.func!r} returned an awaitable: "
                 "call 'await handler.handle_async(body, signature)' from async code"
             )
+        answers.finish(run, route.once)
 
     async def _arun_steps(
         self,
@@ -388,9 +454,26 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             # that use neither keyword.
             if step.decision is True:
                 await self._markread_marker._await_event(ticket, index)
-            result = route.call(step.event, plan.destination)
-            if inspect.isawaitable(result):
-                await result
+            answers = self._markread_answers
+            once, fallback = route.once, route.push_fallback
+            run = (  # no coroutine per event for the in-memory store
+                answers.start(step.raw, once, fallback)
+                if answers.nonblocking
+                else await answers.astart(step.raw, once, fallback)
+            )
+            if run is None:  # completed before: a redelivery or a duplicate
+                continue
+            current = CURRENT_RUN.set(run)
+            try:
+                result = route.call(step.event, plan.destination)
+                if inspect.isawaitable(result):
+                    await result
+            finally:
+                CURRENT_RUN.reset(current)
+            if answers.nonblocking:
+                answers.finish(run, once)
+            else:
+                await answers.afinish(run, once)
         if reservation is not None:
             reservation.cancel()  # room a re-routed step did not use
 
@@ -409,29 +492,47 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         assert route is not None  # only steps with a handler get here
         if step.decision is True:
             await self._markread_marker._await_event(ticket, index)
+        answers = self._markread_answers
+        run = await answers.astart(step.raw, route.once, route.push_fallback)
+        if run is None:  # completed before: a redelivery or a duplicate
+            if loading is not None:
+                loading.skip(index)
+            return
         if loading is not None:
             showing = await loading.await_(index)
         else:
             showing = await self._ashow(step.event, route.loading) if route.loading else None
+        current = CURRENT_RUN.set(run)
         try:
             if executor is None:
                 result = route.call(step.event, destination)
             else:
                 loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(executor, route.call, step.event, destination)
+                call = route.call
+                result = await loop.run_in_executor(
+                    executor, run.call, call, step.event, destination
+                )
             if inspect.isawaitable(result):
                 await result
         finally:
+            CURRENT_RUN.reset(current)
             if showing is not None:
                 showing.stop()
+        await answers.afinish(run, route.once)
 
-    @staticmethod
-    def _loading_steps(plan: Plan) -> list[tuple[int, Step, int]]:
-        """The body's ``loading=`` steps that run in ``handle()`` itself (not ``background=``)."""
+    def _loading_steps(self, plan: Plan) -> list[tuple[int, Step, int]]:
+        """The body's ``loading=`` steps that run in ``handle()`` itself (not ``background=``).
+
+        A step whose handler completed before (a redelivery) shows no animation.
+        """
+        answers = self._markread_answers
         return [
             (index, step, step.route.loading)
             for index, step in enumerate(plan.steps)
-            if step.route is not None and step.route.loading and not step.route.background
+            if step.route is not None
+            and step.route.loading
+            and not step.route.background
+            and not answers.known_handled(step.raw, step.route.once)
         ]
 
     def _begin_loading(
@@ -546,6 +647,32 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             return False
         return await self._markread_loader.show(self._markread_marker._engine(), user_id, seconds)
 
+    # -- answers: reply, or push once the token is too old ----------------------
+
+    def reply(self, event: Any, *messages: Any, push_fallback: bool | None = None) -> ReplyResult:
+        """Answer *event* with 1 to 5 ``linebot.v3.messaging`` messages, exactly once.  Blocking.
+
+        With the event's reply token while it is usable (unused, younger than
+        ``reply_window``); otherwise by push to the event's chat when
+        ``push_fallback`` (this call's, else the handler's ``add()`` option) is
+        ``True``, with an ``X-Line-Retry-Key`` derived from the event and this
+        call's position in the handler run, so no re-run pushes it twice.
+        Returns a ``ReplyResult`` (``REPLIED``, ``PUSHED``, ``ALREADY_DELIVERED``
+        or ``FAILED`` with a reason, logged at WARNING); never raises for
+        LINE's answers.  Bad messages raise ``TypeError``/``ValueError``.
+        """
+        marker = self._markread_marker
+        return self._markread_answers.reply(
+            marker._background_engine, event, messages, push_fallback
+        )
+
+    async def areply(
+        self, event: Any, *messages: Any, push_fallback: bool | None = None
+    ) -> ReplyResult:
+        """Async twin of ``reply``, on the running loop."""
+        marker = self._markread_marker
+        return await self._markread_answers.areply(marker._engine, event, messages, push_fallback)
+
     # -- manual marking, counters, closing --------------------------------
 
     def mark_read(self, event: Any) -> Outcome:
@@ -574,7 +701,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                 pools.append(self._markread_threads)
         for pool in pools:
             total += pool.stats()
-        return total
+        return total + self._markread_answers.stats()
 
     def _detach_pools(self) -> tuple[ThreadPool | None, list[TaskPool]]:
         with self._markread_pool_lock:
@@ -677,6 +804,8 @@ def install(
     *,
     access_token: str | None = None,
     configuration: Any = None,
+    once_store: OnceStore | None = None,
+    reply_window: float = DEFAULT_REPLY_WINDOW,
     **options: Any,
 ) -> WebhookHandler:
     """Install the plugin onto an existing ``linebot.v3.WebhookHandler`` and return it.
@@ -699,7 +828,7 @@ def install(
     default = getattr(handler, "_default", None)
     handler.__class__ = _marking_class(type(handler))
     upgraded: WebhookHandler = handler
-    upgraded._install_markread(marker)
+    upgraded._install_markread(marker, once_store, reply_window)
     for key, func in existing.items():
         upgraded._markread_routes[key] = upgraded._markread_route(func, None)
     if default is not None:

@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Mapping
 
 import aiohttp
 import attrs
@@ -43,6 +44,8 @@ class ApiResponse:
     request_id: str | None = None
     retry_after: float | None = None
     message: str | None = None
+    accepted_request_id: str | None = None
+    """On a ``409`` for an ``X-Line-Retry-Key`` already accepted: that request's ID."""
 
 
 _OK = ApiResponse(200)
@@ -184,7 +187,14 @@ class Transport:
         """One mark-as-read attempt of at most *timeout* seconds (see ``post_json``)."""
         return await self.post_json(target.endpoint.value, target.payload(), timeout=timeout)
 
-    async def post_json(self, path: str, payload: bytes, *, timeout: float) -> ApiResponse:
+    async def post_json(
+        self,
+        path: str,
+        payload: bytes,
+        *,
+        timeout: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> ApiResponse:
         """POST a JSON *payload* to *path* on LINE's host: one attempt of at most *timeout* s.
 
         The one place a request is made, so every endpoint (mark-as-read, the
@@ -193,6 +203,7 @@ class Transport:
         transport (a host that does not answer SYNs is not going to), the rest
         of *timeout* is for LINE's answer.  Raises ``TransportError`` when
         there is no HTTP answer; a redirect is returned as the answer it is.
+        *headers* are added to the session's (push sends ``X-Line-Retry-Key``).
         """
         url = self._credentials.host + path
         limits = self._limits
@@ -202,7 +213,7 @@ class Transport:
             )
         try:
             async with self._get_session().post(
-                url, data=payload, timeout=limits, allow_redirects=False
+                url, data=payload, timeout=limits, allow_redirects=False, headers=headers
             ) as response:
                 if response.status == 200 and response.content.is_eof():
                     # The whole (ignored) body is in: the connection goes back to the pool as is.
@@ -217,6 +228,7 @@ class Transport:
                     request_id=_header(response, "x-line-request-id"),
                     retry_after=parse_retry_after(response.headers.get("Retry-After")),
                     message=_error_message(body, self._credentials.access_token),
+                    accepted_request_id=_header(response, "x-line-accepted-request-id"),
                 )
         except asyncio.TimeoutError:
             raise TransportError("timed out", timeout=True) from None

@@ -205,6 +205,12 @@ class BodyLoading:
             await showing.await_settled(self._timeout(showing, showing.loop.time()))
         return showing
 
+    def skip(self, index: int) -> None:
+        """Step *index* will not run its handler (handled before): its animation stops unseen."""
+        showing = self._showings.get(index)
+        if showing is not None:
+            showing.stop()
+
     def stop_all(self) -> None:
         """After the body's handlers (or one of them raised): nothing more is started."""
         for showing in self._showings.values():

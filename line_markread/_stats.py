@@ -62,6 +62,18 @@ class Stats:
     """Background handlers not run, or still running, when ``close()`` gave up waiting."""
     background_refused: int = 0
     """Events refused with ``BackgroundFull`` (a full backlog): their bodies raised, unmarked."""
+    already_handled: int = 0
+    """Handlers not run because they completed for that ``webhookEventId`` before (``once=``)."""
+    answers_replied: int = 0
+    """``reply()`` answers sent with the event's reply token."""
+    answers_pushed: int = 0
+    """``reply()`` answers sent by push (the token was too old or refused; ``push_fallback``)."""
+    answers_already_delivered: int = 0
+    """``reply()`` answers not sent again: an earlier run delivered them, or LINE said ``409``."""
+    answers_failed: int = 0
+    """``reply()`` answers not delivered (token unusable without ``push_fallback``, errors)."""
+    answers_retried: int = 0
+    """Reply and push attempts after the first for the same answer."""
 
     @property
     def background_pending(self) -> int:
@@ -109,6 +121,12 @@ class Counters:
     background_failed: int
     background_abandoned: int
     background_refused: int
+    already_handled: int
+    answers_replied: int
+    answers_pushed: int
+    answers_already_delivered: int
+    answers_failed: int
+    answers_retried: int
 
     def __init__(self) -> None:
         for name in _FIELDS:

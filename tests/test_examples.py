@@ -39,6 +39,7 @@ from line_markread.testing import (
     Fault,
     SignedWebhook,
     WebhookFactory,
+    assert_answered_once,
     assert_loading_before_replied,
     assert_marked_before_replied,
     assert_not_marked,
@@ -693,6 +694,7 @@ def test_the_assistant_answers_the_webhook_at_once_then_read_loading_reply_in_or
     assert user_texts == ["first?", "second?"]
     assert all(r.received_at >= began + 1.5 for r in replies)
     assert_loading_before_replied(fake_line, [first, second, in_group])
+    assert_answered_once(fake_line, first, second, in_group)  # areply(): by reply token
     loading = fake_line.loading_requests()
     assert {r.json["chatId"] for r in loading} == {user}  # type: ignore[index]  # JSON; none in groups
 

@@ -287,6 +287,20 @@ def _fresh_tokens(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def _handled_once(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events whose handler runs: a repeated ``webhookEventId`` is handled once."""
+    seen: set[str] = set()
+    run = []
+    for raw in events:
+        event_id = raw.get("webhookEventId")
+        if isinstance(event_id, str) and event_id:
+            if event_id in seen:
+                continue
+            seen.add(event_id)
+        run.append(raw)
+    return run
+
+
 def _expected(events: list[dict[str, Any]]) -> tuple[list[Any], set[bytes]] | None:
     """The plan made the old way (every SDK model first): handler calls and allowed payloads."""
     settings_ = Settings()
@@ -297,10 +311,12 @@ def _expected(events: list[dict[str, Any]]) -> tuple[list[Any], set[bytes]] | No
     routes = {key: Route.of(_recorder(key), policy) for key, policy in POLICIES.items()}
     default = Route.of(_recorder("default"), "nowait")
     calls, payloads = [], set()
+    run = _handled_once(events)
     for raw, model in zip(events, models, strict=True):
         route = find_route(routes, default, model)
         assert route is not None
-        calls.append((route.func.__name__, _classes(model)))
+        if any(raw is r for r in run):
+            calls.append((route.func.__name__, _classes(model)))
         target = read_target(raw, mode="auto", mark_standby=False)
         if isinstance(target, ReadTarget) and decide(route, model, settings_) is not False:
             payloads.add(target.payload())
@@ -365,7 +381,7 @@ def test_handlers_and_requests_match_the_sdk_parsed_plan(
         driver.finish()
     calls, allowed = expected
     assert [(name, classes) for name, classes, _ in seen] == calls
-    for (_, _, model), raw in zip(seen, events, strict=True):
+    for (_, _, model), raw in zip(seen, _handled_once(events), strict=True):
         assert model == build_event(raw)  # the SDK's own model, equal field by field
     sent = {record.raw_body for record in platform.mark_requests()}
     assert sent <= allowed

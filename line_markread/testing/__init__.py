@@ -22,6 +22,7 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .._retry import is_testing, set_testing
+    from ._answers import answers_of, assert_answered_once
     from ._assertions import (
         assert_loading_before_replied,
         assert_marked_before_replied,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from ._fake_platform import (
         BOT_INFO_PATH,
         LOADING_PATH,
+        PUSH_PATH,
         REPLY_PATH,
         TOKEN_MARK_AS_READ_PATH,
         USER_MARK_AS_READ_PATH,
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BOT_INFO_PATH",
     "LOADING_PATH",
+    "PUSH_PATH",
     "REPLY_PATH",
     "TOKEN_MARK_AS_READ_PATH",
     "USER_MARK_AS_READ_PATH",
@@ -67,6 +70,8 @@ __all__ = [
     "RecordedRequest",
     "SignedWebhook",
     "WebhookFactory",
+    "answers_of",
+    "assert_answered_once",
     "assert_loading_before_replied",
     "assert_marked_before_replied",
     "assert_not_marked",
@@ -87,6 +92,7 @@ __all__ = [
 _LAZY = {
     "BOT_INFO_PATH": "._fake_platform",
     "LOADING_PATH": "._fake_platform",
+    "PUSH_PATH": "._fake_platform",
     "REPLY_PATH": "._fake_platform",
     "TOKEN_MARK_AS_READ_PATH": "._fake_platform",
     "USER_MARK_AS_READ_PATH": "._fake_platform",
@@ -97,6 +103,8 @@ _LAZY = {
     "RecordedRequest": "._fake_platform",
     "SignedWebhook": "._webhooks",
     "WebhookFactory": "._webhooks",
+    "answers_of": "._answers",
+    "assert_answered_once": "._answers",
     "assert_loading_before_replied": "._assertions",
     "assert_marked_before_replied": "._assertions",
     "assert_not_marked": "._assertions",

@@ -24,6 +24,8 @@ import json
 import re
 import secrets
 import threading
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,7 @@ TOKEN_MARK_AS_READ_PATH = "/v2/bot/chat/markAsRead"
 USER_MARK_AS_READ_PATH = "/v2/bot/message/markAsRead"
 BOT_INFO_PATH = "/v2/bot/info"
 REPLY_PATH = "/v2/bot/message/reply"
+PUSH_PATH = "/v2/bot/message/push"
 LOADING_PATH = "/v2/bot/chat/loading/start"
 WEBHOOK_ENDPOINT_PATH = "/v2/bot/channel/webhook/endpoint"
 WEBHOOK_TEST_PATH = "/v2/bot/channel/webhook/test"
@@ -47,6 +50,16 @@ DEFAULT_CHANNEL_SECRET = "fake-channel-secret"
 MARK_AS_READ_PATHS = frozenset({TOKEN_MARK_AS_READ_PATH, USER_MARK_AS_READ_PATH})
 
 JSON = "application/json"
+
+RETRY_KEY_HEADER = "X-Line-Retry-Key"
+ACCEPTED_REQUEST_ID_HEADER = "x-line-accepted-request-id"
+
+REPLY_TOKEN_LIFETIME = 60.0
+"""Seconds a reply token works after its webhook (LINE: "within one minute")."""
+REDELIVERY_TOKEN_LIMIT = 20 * 60.0
+"""Seconds after the first webhook past which a redelivered token no longer works."""
+RETRY_KEY_WINDOW = 24 * 60 * 60.0
+"""Seconds LINE remembers an accepted ``X-Line-Retry-Key`` (24 hours)."""
 
 _AUTH_FAILED = (
     "Authentication failed. Confirm that the access token in the authorization header is valid."
@@ -84,14 +97,24 @@ class Account:
         chat_mode: str,
         mark_as_read_mode: str,
         user_api_enabled: bool,
+        clock: Callable[[], float] = time.monotonic,
+        reply_token_lifetime: float = REPLY_TOKEN_LIFETIME,
     ) -> None:
         self.lock = lock
         self.user_api_enabled = user_api_enabled
+        self.clock = clock
+        """The fake's clock for reply-token expiry and retry-key memory (injectable)."""
+        self.reply_token_lifetime = reply_token_lifetime
         # Guarded by lock:
         self.bot_name = bot_name
         self.chat_mode = chat_mode
         self.mark_as_read_mode = mark_as_read_mode
         self.rejected: set[str] = set()
+        self.issued: dict[str, tuple[float, float]] = {}
+        """Reply tokens sent in webhooks: (first issued, last issued) on ``clock``."""
+        self.used_reply_tokens: set[str] = set()
+        self.retry_keys: dict[str, tuple[str, float, bytes]] = {}
+        """Accepted retry keys: (request ID, when, the answer's body)."""
         # Fixed:
         self.bot_user_id = "U" + secrets.token_hex(16)
         self.basic_id = "@" + secrets.token_hex(4)
@@ -112,6 +135,8 @@ a plain function, or a coroutine function when it does I/O."""
 class Endpoint:
     method: str
     handler: Handler
+    retry_key: bool = False
+    """Whether LINE accepts ``X-Line-Retry-Key`` here (push, multicast, narrowcast, broadcast)."""
 
 
 def error_body(status: int, message: str | None = None, details: list[Any] | None = None) -> bytes:
@@ -142,18 +167,53 @@ def _nonempty_str(value: object) -> bool:
 
 async def answer(account: Account, record: RecordedRequest) -> Answer:
     """The normal answer to *record*: the checks every endpoint shares, then its handler."""
+    status, body, _ = await answer_with_headers(account, record)
+    return status, body
+
+
+async def answer_with_headers(
+    account: Account, record: RecordedRequest
+) -> tuple[int, bytes, dict[str, str]]:
+    """``answer``, with the extra headers it sends (``x-line-accepted-request-id`` on a 409)."""
     endpoint = ENDPOINTS.get(record.path)
     if endpoint is None:
-        return 404, error_body(404)
+        return 404, error_body(404), {}
     if record.method != endpoint.method:
-        return 405, error_body(405, "Method not allowed")
+        return 405, error_body(405, "Method not allowed"), {}
     if not record.authorized:
-        return 401, error_body(401)
-    if "X-Line-Retry-Key" in record.headers:
+        return 401, error_body(401), {}
+    key = record.headers.get(RETRY_KEY_HEADER)
+    if key is None:
+        result = endpoint.handler(account, record.json)
+        return (*(await result if inspect.isawaitable(result) else result), {})
+    return _keyed(account, endpoint, record, key)
+
+
+def _keyed(
+    account: Account, endpoint: Endpoint, record: RecordedRequest, key: str
+) -> tuple[int, bytes, dict[str, str]]:
+    """A request with ``X-Line-Retry-Key``: accepted once per key within LINE's 24 h."""
+    if not endpoint.retry_key:
         # LINE accepts it on push, multicast, narrowcast and broadcast only.
-        return 400, error_body(400, "The retry key can't be used with this endpoint")
-    result = endpoint.handler(account, record.json)
-    return await result if inspect.isawaitable(result) else result
+        return 400, error_body(400, "The retry key can't be used with this endpoint"), {}
+    try:
+        uuid.UUID(key)
+    except ValueError:
+        return 400, error_body(400, "The retry key must be a UUID"), {}
+    with account.lock:  # the check and the acceptance are one step: concurrent retries race
+        now = account.clock()
+        accepted = account.retry_keys.get(key)
+        if accepted is not None and now - accepted[1] < RETRY_KEY_WINDOW:
+            request_id, _, sent = accepted
+            document = json.loads(sent) if sent else {}
+            document["message"] = "The retry key is already accepted"
+            return 409, json.dumps(document).encode(), {ACCEPTED_REQUEST_ID_HEADER: request_id}
+        result = endpoint.handler(account, record.json)
+        assert not inspect.isawaitable(result)  # keyed endpoints answer under the lock
+        status, body = result
+        if 200 <= status < 300:
+            account.retry_keys[key] = (record.request_id, now, body)
+    return status, body, {}
 
 
 # -- the handlers ---------------------------------------------------------
@@ -213,21 +273,20 @@ def bot_info(account: Account, body: object | None) -> Answer:
     return 200, json.dumps(info).encode()
 
 
-def reply(account: Account, body: object | None) -> Answer:
-    """``POST /v2/bot/message/reply``: 1 to 5 messages, each with a type."""
-    if not isinstance(body, dict):
-        return _invalid("replyToken", "The request body must be a JSON object")
-    if not _nonempty_str(body.get("replyToken")):
-        return _invalid("replyToken")
+def _messages_problem(body: dict[str, Any]) -> Answer | None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not 1 <= len(messages) <= 5:
         return _invalid("messages", "size must be between 1 and 5")
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not _nonempty_str(message.get("type")):
             return _invalid(f"messages[{i}].type")
+    return None
+
+
+def _sent(account: Account, body: dict[str, Any]) -> Answer:
     sent = [
         {"id": str(next(account.message_ids)), "quoteToken": secrets.token_urlsafe(24)}
-        for _ in messages
+        for _ in body["messages"]
     ]
     return 200, json.dumps({"sentMessages": sent}).encode()
 
@@ -309,11 +368,64 @@ async def _call_webhook(
     return status, "error_status_code", str(status)
 
 
+def reply_token_expired(account: Account, token: str) -> bool:
+    """Whether an issued token is past its life on the account's clock (lock held)."""
+    issued = account.issued.get(token)
+    if issued is None:  # not issued through the fake: its age is unknown, taken as fresh
+        return False
+    first, last = issued
+    now = account.clock()
+    return now - last > account.reply_token_lifetime or now - first > REDELIVERY_TOKEN_LIMIT
+
+
+def reply(account: Account, body: object | None) -> Answer:
+    """``POST /v2/bot/message/reply``: 1 to 5 messages, each with a type; a token works once.
+
+    A token used before, or issued (``FakeLinePlatform.issue_reply_tokens``)
+    longer ago than its lifetime on the fake's clock, gets LINE's 400
+    "Invalid reply token".
+    """
+    if not isinstance(body, dict):
+        return _invalid("replyToken", "The request body must be a JSON object")
+    token = body.get("replyToken")
+    if not isinstance(token, str) or token == "":
+        return _invalid("replyToken")
+    problem = _messages_problem(body)
+    if problem is not None:
+        return problem
+    with account.lock:
+        if token in account.used_reply_tokens or reply_token_expired(account, token):
+            return 400, error_body(400, "Invalid reply token")
+        account.used_reply_tokens.add(token)
+    return _sent(account, body)
+
+
+_CHAT_ID = re.compile(r"[UCR][0-9a-f]{32}")
+"""A push target: a user (U), group (C) or room (R) ID."""
+
+
+def push(account: Account, body: object | None) -> Answer:
+    """``POST /v2/bot/message/push``: 1 to 5 messages to a user, group or room ID.
+
+    ``X-Line-Retry-Key`` is checked before this runs (``answer_with_headers``).
+    """
+    if not isinstance(body, dict):
+        return _invalid("to", "The request body must be a JSON object")
+    to = body.get("to")
+    if not isinstance(to, str) or not _CHAT_ID.fullmatch(to):
+        return _invalid("to", "Invalid user, group or room ID")
+    problem = _messages_problem(body)
+    if problem is not None:
+        return problem
+    return _sent(account, body)
+
+
 ENDPOINTS: Mapping[str, Endpoint] = {
     TOKEN_MARK_AS_READ_PATH: Endpoint("POST", token_mark_as_read),
     USER_MARK_AS_READ_PATH: Endpoint("POST", user_mark_as_read),
     BOT_INFO_PATH: Endpoint("GET", bot_info),
     REPLY_PATH: Endpoint("POST", reply),
+    PUSH_PATH: Endpoint("POST", push, retry_key=True),
     LOADING_PATH: Endpoint("POST", loading_start),
     WEBHOOK_ENDPOINT_PATH: Endpoint("GET", webhook_endpoint),
     WEBHOOK_TEST_PATH: Endpoint("POST", webhook_test),

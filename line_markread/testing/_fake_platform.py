@@ -21,7 +21,8 @@ import json
 import secrets
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from aiohttp import web
@@ -32,13 +33,15 @@ from ._endpoints import (
     JSON,
     LOADING_PATH,
     MARK_AS_READ_PATHS,
+    PUSH_PATH,
     REPLY_PATH,
+    REPLY_TOKEN_LIFETIME,
     TOKEN_MARK_AS_READ_PATH,
     USER_MARK_AS_READ_PATH,
     WEBHOOK_ENDPOINT_PATH,
     WEBHOOK_TEST_PATH,
     Account,
-    answer,
+    answer_with_headers,
     error_body,
 )
 from ._faults import Fault, Scripts, close_connection
@@ -53,6 +56,7 @@ __all__ = [
     "BOT_INFO_PATH",
     "LOADING_PATH",
     "MARK_AS_READ_PATHS",
+    "PUSH_PATH",
     "REPLY_PATH",
     "TOKEN_MARK_AS_READ_PATH",
     "USER_MARK_AS_READ_PATH",
@@ -88,6 +92,8 @@ class FakeLinePlatform:
         mark_as_read_mode: str = "manual",
         user_api_enabled: bool = True,
         latency: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        reply_token_lifetime: float = REPLY_TOKEN_LIFETIME,
     ) -> None:
         self.access_token = access_token
         self.latency = latency
@@ -99,6 +105,8 @@ class FakeLinePlatform:
             chat_mode=chat_mode,
             mark_as_read_mode=mark_as_read_mode,
             user_api_enabled=user_api_enabled,
+            clock=clock,
+            reply_token_lifetime=reply_token_lifetime,
         )
 
         self._lifecycle = threading.Lock()
@@ -108,6 +116,8 @@ class FakeLinePlatform:
         self._stopping: asyncio.Event | None = None
         self._port: int | None = None
 
+        self._lost_accepted: set[str] = set()
+        """Request IDs accepted whose answer was dropped (``Fault.drop(processed=True)``)."""
         self._request_ids = itertools.count()
         self._request_id_prefix = secrets.token_hex(6)
 
@@ -270,11 +280,33 @@ class FakeLinePlatform:
         with self._account.lock:
             self._account.rejected.update(tokens)
 
+    def issue_reply_tokens(self, *sources: object) -> list[str]:
+        """LINE sends these webhooks now: their reply tokens' lifetime starts on the fake's clock.
+
+        *sources*: ``SignedWebhook``s, webhook bodies (``str``/``bytes``) or
+        event mappings.  A token issued again (a redelivery) works again for
+        its lifetime, unless it was used or ``REDELIVERY_TOKEN_LIMIT`` passed
+        since it was first issued.  Tokens never issued are taken as fresh
+        (only used ones are refused).  Returns the tokens.
+        """
+        tokens = [t for source in sources for t in _reply_tokens(source)]
+        account = self._account
+        with account.lock:
+            now = account.clock()
+            for token in tokens:
+                first, _ = account.issued.get(token, (now, now))
+                account.issued[token] = (first, now)
+        return tokens
+
     def reset(self) -> None:
-        """Forget records, scripts and rejected tokens; keep the settings."""
+        """Forget records, scripts, rejected and used tokens, retry keys; keep the settings."""
         with self._records.lock:  # All at once: no arrival sees half of it.
             self._scripts.clear()
             self._account.rejected.clear()
+            self._account.issued.clear()
+            self._account.used_reply_tokens.clear()
+            self._account.retry_keys.clear()
+            self._lost_accepted.clear()
             self._records.clear()
 
     # -- records ----------------------------------------------------------
@@ -294,6 +326,18 @@ class FakeLinePlatform:
     def loading_requests(self) -> list[RecordedRequest]:
         """The records of loading-animation requests (``LOADING_PATH``), in arrival order."""
         return [r for r in self._records.all() if r.path == LOADING_PATH]
+
+    def _processed_request_ids(self) -> set[str]:
+        with self._records.lock:
+            return set(self._lost_accepted)
+
+    def push_requests(self) -> list[RecordedRequest]:
+        """The records of push requests (``PUSH_PATH``), in arrival order."""
+        return [r for r in self._records.all() if r.path == PUSH_PATH]
+
+    def reply_requests(self) -> list[RecordedRequest]:
+        """The records of reply requests (``REPLY_PATH``), in arrival order."""
+        return [r for r in self._records.all() if r.path == REPLY_PATH]
 
     def marked_tokens(self) -> list[str]:
         """The tokens of token-API requests answered 200, in the order they were answered."""
@@ -369,6 +413,12 @@ class FakeLinePlatform:
             wait = self.latency + (fault.after if fault is not None else 0.0)
             if wait > 0 and not await self._pause(wait):
                 fault = Fault.drop()
+            if fault is not None and fault.action == "lose":
+                lost = await self._respond(record, None)  # LINE does the work; the answer is lost
+                if 200 <= lost.status < 300:
+                    with self._records.lock:
+                        self._lost_accepted.add(record.request_id)
+                fault = Fault.drop()
             if fault is not None and fault.action == "hang":
                 assert self._stopping is not None
                 await self._stopping.wait()
@@ -432,16 +482,33 @@ class FakeLinePlatform:
         return record, fault, generation, index
 
     async def _respond(self, record: RecordedRequest, fault: Fault | None) -> web.Response:
+        headers: dict[str, str] = {}
         if fault is None or fault._is_normal():
-            code, body = await answer(self._account, record)
+            code, body, headers = await answer_with_headers(self._account, record)
         else:
             code = fault.http_status
             body = fault.body if fault.body is not None else error_body(code)
         response = web.Response(status=code, body=body, content_type=JSON)
         response.headers["x-line-request-id"] = record.request_id
+        response.headers.update(headers)
         if fault is not None and fault.retry_after is not None:
             response.headers["Retry-After"] = fault.retry_after
         return response
+
+
+def _reply_tokens(source: object) -> list[str]:
+    """The reply tokens of a ``SignedWebhook``, a body, or an event mapping."""
+    body = getattr(source, "body", source)
+    if isinstance(body, (str, bytes)):
+        body = json.loads(body)
+    if not isinstance(body, Mapping):
+        raise TypeError(f"not a webhook, body or event: {type(source).__name__}")
+    events: Iterable[Any] = body.get("events", [body])
+    return [
+        e["replyToken"]
+        for e in events
+        if isinstance(e, Mapping) and isinstance(e.get("replyToken"), str)
+    ]
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop) -> None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
-_Action = Literal["respond", "hang", "drop", "reset"]
+_Action = Literal["respond", "hang", "drop", "lose", "reset"]
 
 
 @attrs.frozen
@@ -83,9 +83,14 @@ class Fault:
         return cls("hang")
 
     @classmethod
-    def drop(cls) -> Fault:
-        """Close the connection without answering: the client sees a disconnect."""
-        return cls("drop")
+    def drop(cls, *, processed: bool = False) -> Fault:
+        """Close the connection without answering: the client sees a disconnect.
+
+        ``processed=True``: the fake acts on the request first (a push is
+        accepted, a reply token used) and only the answer is lost, as when a
+        connection breaks after LINE did the work: the case retry keys exist for.
+        """
+        return cls("lose" if processed else "drop")
 
     @classmethod
     def reset(cls) -> Fault:

@@ -418,6 +418,19 @@ class WebhookFactory:
             platform, self.events, opted_out=opted_out, replies=replies, timeout=timeout
         )
 
+    def assert_answered_once(
+        self,
+        platform: FakeLinePlatform,
+        *events: Event,
+        answers: int = 1,
+        timeout: float = 5.0,
+    ) -> None:
+        """``assert_answered_once`` for *events*, by default every message event signed so far."""
+        from ._answers import assert_answered_once  # noqa: PLC0415  # loads the plugin's _reply
+
+        chosen = events or tuple(e for e in self.events if e.get("type") == "message")
+        assert_answered_once(platform, *chosen, answers=answers, timeout=timeout)
+
     def assert_not_marked(self, platform: FakeLinePlatform, *events: Event) -> None:
         """``assert_not_marked`` for *events* (say, the ones your bot opts out of)."""
         assert_not_marked(platform, events)
