@@ -7,6 +7,11 @@ and this thread makes it, one at a time, in order.  The queue is bounded
 (``CALLBACK_QUEUE``): a callback slower than the failures arrive loses the
 newest ones, counted (``stats().callbacks_dropped``) and logged once per
 overflow, never silently and never by growing memory.
+
+"Once per overflow" has hysteresis: an overflow episode ends only when a call
+finds the queue drained to ``CALLBACK_QUEUE_CALM`` or fewer, not when the
+thread happened to take one item off a full queue mid-burst (which, on a
+loaded machine, would log a burst twice or more depending on scheduling).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ log = logging.getLogger(__name__)
 
 CALLBACK_QUEUE = 1000
 """Calls that may wait for the callback thread; more are dropped (and counted)."""
+CALLBACK_QUEUE_CALM = CALLBACK_QUEUE // 2
+"""Calls waiting at or below which an overflow episode is over (the next one warns again)."""
 
 T = TypeVar("T")
 
@@ -57,11 +64,15 @@ class CallbackThread:
         self._overflowing = False
 
     def call(self, func: Callable[[T], object], argument: T) -> bool:
-        """Queue ``func(argument)``; ``False`` (one WARNING per overflow) if the queue is full."""
+        """Queue ``func(argument)``; ``False`` (one WARNING per overflow) if the queue is full.
+
+        An overflow lasts until a call finds at most ``CALLBACK_QUEUE_CALM`` calls waiting.
+        """
         with self._lock:
             if self._thread is None or self._pid != os.getpid():
                 # A forked child has the queue's items but not the thread: start afresh.
                 self._queue = queue.Queue(CALLBACK_QUEUE)
+                self._overflowing = False
                 self._thread = threading.Thread(
                     target=_serve, args=(self._queue,), name=self._name, daemon=True
                 )
@@ -78,7 +89,8 @@ class CallbackThread:
                         CALLBACK_QUEUE,
                     )
                 return False
-            self._overflowing = False
+            if self._overflowing and self._queue.qsize() <= CALLBACK_QUEUE_CALM:
+                self._overflowing = False  # caught up: a later overflow is a new episode
             return True
 
     def drain(self, timeout: float) -> bool:
