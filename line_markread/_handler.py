@@ -8,7 +8,6 @@ the handlers in body order, each waiting only for its own chat.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import enum
 import functools
 import inspect
@@ -16,12 +15,19 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import linebot.v3
 
-from ._background import Reservation, TaskPool, ThreadPool, refuse_background
+from ._background import (
+    BackgroundClosed,
+    Reservation,
+    TaskPool,
+    ThreadPool,
+    refuse_background,
+)
 from ._body import parse_body
 from ._chat import Ticket
 from ._dispatch import (
@@ -44,6 +50,27 @@ from ._stats import Stats
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_handlers: weakref.WeakSet[WebhookHandler] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (gunicorn's workers) starts with no background pool of its own.
+
+    The parent's pools are the parent's: their threads do not exist here, and
+    their handlers run (and are counted) there.  A child that closes before
+    any use must neither wait for them nor report them; another parent thread
+    may also have held the lock at the fork.
+    """
+    for handler in list(_handlers):
+        handler._markread_pool_lock = threading.Lock()
+        handler._markread_threads = None
+        handler._markread_tasks = {}
+        handler._markread_retired = Stats()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - every POSIX Python has it
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Unset(enum.Enum):
@@ -95,7 +122,10 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         self._markread_pool_lock = threading.Lock()
         self._markread_threads: ThreadPool | None = None
         self._markread_tasks: dict[asyncio.AbstractEventLoop, TaskPool] = {}
+        self._markread_retired = Stats()
+        """The counts of pools whose event loop is gone, so ``stats()`` never goes back."""
         self._markread_closed = False
+        _handlers.add(self)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._markread_marker!r}>"
@@ -295,22 +325,25 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     def _run_steps(
         self, plan: Plan, ticket: BlockingTicket, reservation: Reservation | None
     ) -> None:
-        for index, step in enumerate(plan.steps):
-            route = step.route
-            if route is None:
-                log.info("No handler for %s and no default handler", type(step.event).__name__)
-                continue
-            if route.background:
-                if reservation is None:  # routed anew once its model was built (rare)
-                    reservation = self._reserve_count(1, None)
-                pool = reservation.pool
-                assert isinstance(pool, ThreadPool)
-                job = functools.partial(self._run_step, plan.destination, ticket, index, step)
-                pool.put(reservation, job, step.event)
-                continue
-            self._run_step(plan.destination, ticket, index, step)
-        if reservation is not None:
-            reservation.cancel()  # room a re-routed step did not use
+        try:
+            for index, step in enumerate(plan.steps):
+                route = step.route
+                if route is None:
+                    log.info("No handler for %s and no default handler", type(step.event).__name__)
+                    continue
+                if route.background:
+                    if reservation is None:  # routed anew once its model was built (rare)
+                        reservation = self._reserve_count(1, None)
+                    pool = reservation.pool
+                    assert isinstance(pool, ThreadPool)
+                    job = functools.partial(self._run_step, plan.destination, ticket, index, step)
+                    pool.put(reservation, job, step.event)  # BackgroundClosed: the webhook fails
+                    continue
+                self._run_step(plan.destination, ticket, index, step)
+        finally:
+            # Room a re-routed step, or a step after a handler that raised, did not use.
+            if reservation is not None:
+                reservation.cancel()
 
     def _run_step(
         self, destination: str | None, ticket: BlockingTicket, index: int, step: Step
@@ -337,34 +370,37 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     async def _arun_steps(
         self, plan: Plan, ticket: Ticket, reservation: Reservation | None
     ) -> None:
-        for index, step in enumerate(plan.steps):
-            route = step.route
-            if route is None:
-                log.info("No handler for %s and no default handler", type(step.event).__name__)
-                continue
-            if route.background:
-                if reservation is None:  # routed anew once its model was built (rare)
-                    reservation = self._reserve_count(1, asyncio.get_running_loop())
-                pool = reservation.pool
-                assert isinstance(pool, TaskPool)
-                executor = None if route.is_async else pool.executor
-                job = functools.partial(
-                    self._arun_step, plan.destination, ticket, index, step, executor
-                )
-                pool.put(reservation, job, step.event)
-                continue
-            if route.loading:
-                await self._arun_step(plan.destination, ticket, index, step, None)
-                continue
-            # The plain step, inline: no coroutine object per event for handlers
-            # that use neither keyword.
-            if step.decision is True:
-                await self._markread_marker._await_event(ticket, index)
-            result = route.call(step.event, plan.destination)
-            if inspect.isawaitable(result):
-                await result
-        if reservation is not None:
-            reservation.cancel()  # room a re-routed step did not use
+        try:
+            for index, step in enumerate(plan.steps):
+                route = step.route
+                if route is None:
+                    log.info("No handler for %s and no default handler", type(step.event).__name__)
+                    continue
+                if route.background:
+                    if reservation is None:  # routed anew once its model was built (rare)
+                        reservation = self._reserve_count(1, asyncio.get_running_loop())
+                    pool = reservation.pool
+                    assert isinstance(pool, TaskPool)
+                    threads = None if route.is_async else pool
+                    job = functools.partial(
+                        self._arun_step, plan.destination, ticket, index, step, threads
+                    )
+                    pool.put(reservation, job, step.event)  # BackgroundClosed: the webhook fails
+                    continue
+                if route.loading:
+                    await self._arun_step(plan.destination, ticket, index, step, None)
+                    continue
+                # The plain step, inline: no coroutine object per event for handlers
+                # that use neither keyword.
+                if step.decision is True:
+                    await self._markread_marker._await_event(ticket, index)
+                result = route.call(step.event, plan.destination)
+                if inspect.isawaitable(result):
+                    await result
+        finally:
+            # Room a re-routed step, or a step after a handler that raised, did not use.
+            if reservation is not None:
+                reservation.cancel()
 
     async def _arun_step(
         self,
@@ -372,20 +408,19 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         ticket: Ticket,
         index: int,
         step: Step,
-        executor: concurrent.futures.Executor | None,
+        threads: TaskPool | None,
     ) -> None:
-        """One step on the loop; a sync handler runs in *executor* when one is given."""
+        """One step on the loop; a sync handler runs in the threads of *threads* if given."""
         route = step.route
         assert route is not None  # only steps with a handler get here
         if step.decision is True:
             await self._markread_marker._await_event(ticket, index)
         showing = await self._ashow(step.event, route.loading) if route.loading else None
         try:
-            if executor is None:
+            if threads is None:
                 result = route.call(step.event, destination)
             else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(executor, route.call, step.event, destination)
+                result = await threads.in_thread(route.call, step.event, destination)
             if inspect.isawaitable(result):
                 await result
         finally:
@@ -410,20 +445,22 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     def _thread_pool(self) -> ThreadPool:
         with self._markread_pool_lock:
             if self._markread_closed:
-                raise RuntimeError("line_markread: this handler is closed")
+                raise BackgroundClosed("line_markread: this handler is closed")
             threads = self._markread_threads
-            if threads is None or threads.pid != os.getpid():
+            if threads is None:
                 threads = self._markread_threads = ThreadPool(self._markread_marker.settings)
             return threads
 
     def _task_pool(self, loop: asyncio.AbstractEventLoop) -> TaskPool:
         with self._markread_pool_lock:
             if self._markread_closed:
-                raise RuntimeError("line_markread: this handler is closed")
+                raise BackgroundClosed("line_markread: this handler is closed")
             pool = self._markread_tasks.get(loop)
             if pool is None:
                 for gone in [lp for lp in self._markread_tasks if lp.is_closed()]:
-                    del self._markread_tasks[gone]
+                    retired = self._markread_tasks.pop(gone)
+                    retired.end_if_loop_closed()
+                    self._markread_retired += retired.stats()
                 pool = self._markread_tasks[loop] = TaskPool(self._markread_marker.settings, loop)
             return pool
 
@@ -486,7 +523,11 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         """An immutable ``Stats`` snapshot of the counters (marks, loading, background)."""
         total = self._markread_marker.stats()
         with self._markread_pool_lock:
-            pools: list[ThreadPool | TaskPool] = list(self._markread_tasks.values())
+            total += self._markread_retired
+            pools: list[ThreadPool | TaskPool] = []
+            for task_pool in self._markread_tasks.values():
+                task_pool.end_if_loop_closed()  # its loop closed with handlers on it
+                pools.append(task_pool)
             if self._markread_threads is not None:
                 pools.append(self._markread_threads)
         for pool in pools:
@@ -522,6 +563,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         for pool in task_pools:
             if pool.loop.is_running():
                 asyncio.run_coroutine_threadsafe(pool.aclose(background_grace), pool.loop).result()
+            else:
+                pool.end_if_loop_closed()
         self._markread_loader.stop_all()
         self._markread_marker.close(grace)
 
@@ -537,6 +580,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             elif pool.loop.is_running():
                 future = asyncio.run_coroutine_threadsafe(pool.aclose(background_grace), pool.loop)
                 closing.append(asyncio.wrap_future(future))
+            else:
+                pool.end_if_loop_closed()
         if threads is not None:
             closing.append(asyncio.to_thread(threads.close, background_grace))
         if closing:
