@@ -17,7 +17,7 @@ import pytest
 from linebot.v3.webhooks import MessageEvent, TextMessageContent
 
 from line_markread import BackgroundClosed, BackgroundFull, WebhookHandler
-from line_markread._background import Lanes, Reservation, ThreadPool
+from line_markread._background import DaemonThreads, Lanes, Reservation, ThreadPool
 from line_markread.testing import (
     LOADING_PATH,
     TOKEN_MARK_AS_READ_PATH,
@@ -662,3 +662,29 @@ def test_a_keyboard_interrupt_on_the_loop_is_reported_then_stops_the_loop_as_asy
     handler.close()
     assert [type(e) for e in errors] == [KeyboardInterrupt]
     assert (stats.background_finished, stats.background_failed) == (1, 1)
+
+
+def test_queued_calls_still_run_when_no_new_thread_may_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Python 3.12+ refuses new threads at interpreter exit, while the exit drain still runs:
+    the pool's threads are reused, so what is queued runs on the thread already there."""
+    threads = DaemonThreads(4)
+    busy, done = threading.Event(), Journal()
+
+    def first() -> None:
+        busy.wait(10)
+        done.note("end", "first")
+
+    threads.submit(first)
+
+    def refused(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    for n in range(3):
+        threads.submit(lambda n=n: done.note("end", str(n)))  # type: ignore[misc]  # bound default
+    busy.set()
+    done.wait_for(4)
+    assert done.order("end") == ["first", "0", "1", "2"]
+    threads.stop()
