@@ -359,14 +359,34 @@ def _register_exit_drain() -> None:
 
 
 def drain_at_exit() -> None:
-    """For sync bots that never call ``close()``: the same drain, at interpreter exit."""
+    """For sync bots that never call ``close()``: the same drain, at interpreter exit.
+
+    A second Ctrl-C stops the waiting (what is left is abandoned and reported).
+    """
     pools = [pool for pool in list(_thread_pools) if pool.pid == os.getpid()]
     if not pools:
         return
-    deadline = time.monotonic() + max(pool.grace for pool in pools)
+    grace = max(pool.grace for pool in pools)
+    deadline = time.monotonic() + grace
+    try:
+        pending = sum(pool.pending() for pool in pools)
+        if pending:
+            log.info(
+                "line_markread: waiting up to %.1fs for %d background handler(s) before "
+                "exiting (Ctrl-C again to stop waiting)",
+                grace,
+                pending,
+            )
+    except KeyboardInterrupt:
+        deadline = time.monotonic()
     for pool in pools:
-        left = max(0.0, min(pool.grace, deadline - time.monotonic()))
-        pool.close(left, why="the drain at interpreter exit")
+        for _ in range(2):  # interrupted, close() accounts and re-raises; then it returns at once
+            left = max(0.0, min(pool.grace, deadline - time.monotonic()))
+            try:
+                pool.close(left, why="the drain at interpreter exit")
+                break
+            except KeyboardInterrupt:
+                deadline = time.monotonic()  # the user does not want to wait: nor for the others
 
 
 class ThreadPool:
@@ -396,6 +416,11 @@ class ThreadPool:
     def stats(self) -> Stats:
         with self._changed:
             return self._counters.snapshot()
+
+    def pending(self) -> int:
+        """Handlers reserved, queued or running: what a drain would wait for."""
+        with self._changed:
+            return self._lanes.size
 
     def reserve(self, count: int) -> Reservation:
         """Room for *count* handlers, or ``BackgroundFull``/``BackgroundClosed``, all or nothing."""
@@ -466,16 +491,21 @@ class ThreadPool:
         handlers into the drain.  Threads still running cannot be stopped; they
         are daemons, so they do not hold the process at exit either.
         """
-        deadline = time.monotonic() + grace
+        began = time.monotonic()
+        deadline = began + grace
+        interrupted: KeyboardInterrupt | None = None
         with self._changed:
             if self._closed:
                 return
-            self._closed = True
-            while self._lanes.size:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._changed.wait(left)
+            try:
+                self._closed = True
+                while self._lanes.size:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._changed.wait(left)
+            except KeyboardInterrupt as e:  # Ctrl-C while waiting: stop, account, re-raise
+                interrupted = e
             self._gave_up = True
             dropped = self._lanes.drop_waiting()
             running = [job for job in self._running if not job.counted]
@@ -484,7 +514,10 @@ class ThreadPool:
             self._counters.background_abandoned += len(dropped) + len(running)
             self._changed.notify_all()
         self._threads.stop()
-        _log_abandoned(f"{why} after {grace:.1f}s", dropped, running, "still running")
+        waited = time.monotonic() - began
+        _log_abandoned(f"{why} after {waited:.1f}s", dropped, running, "still running")
+        if interrupted is not None:
+            raise interrupted
 
 
 class _Task(asyncio.Task[None]):

@@ -32,8 +32,9 @@ SYNC_BOT = textwrap.dedent(
     from line_markread import WebhookHandler
     from line_markread.testing import signed_body, text_event
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     how, grace, stuck = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "stuck"
+    level = logging.INFO if how == "sigint-twice" else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s %(message)s")
     config = Configuration(host=os.environ["LINE_API_HOST"], access_token=os.environ["TOKEN"])
     handler = WebhookHandler("secret", configuration=config, background_grace=grace)
     never = threading.Event()
@@ -53,7 +54,7 @@ SYNC_BOT = textwrap.dedent(
     print("handled", flush=True)
     if how == "close":
         handler.close()
-    elif how in ("sigterm", "sigint"):
+    elif how in ("sigterm", "sigint", "sigint-twice"):
         never.wait()  # serving, until the signal
     # Otherwise the script just ends, as a dev server stopped by Ctrl-C does.
     """
@@ -84,9 +85,17 @@ def run_bot(
             waiting_for.discard(line.strip())
         if how == "sigterm":
             process.send_signal(signal.SIGTERM)
-        elif how == "sigint":
+        elif how.startswith("sigint"):
             process.send_signal(signal.SIGINT)
-        rest, stderr = process.communicate()
+        stderr = ""
+        if how == "sigint-twice":  # once the drain at exit says it waits: Ctrl-C again
+            assert process.stderr is not None
+            while (line := process.stderr.readline()) and "Ctrl-C again" not in line:
+                stderr += line
+            stderr += line
+            process.send_signal(signal.SIGINT)
+        rest, more = process.communicate()
+        stderr += more
     finally:
         watchdog.cancel()
     lines += [line.strip() for line in rest.splitlines()]
@@ -210,3 +219,17 @@ def test_a_forked_child_closes_at_once_and_counts_none_of_its_parents_handlers(
         "parent 1 1 0" if handlers == "background" else "parent 0 0 0",
     ], done.stderr
     assert done.stderr == ""
+
+
+def test_a_second_ctrl_c_stops_the_drain_at_exit_waiting(
+    fake: FakeLinePlatform, tmp_path: Path
+) -> None:
+    """``background_grace`` is 300 s here: the first Ctrl-C starts the drain, which says so;
+    the second ends the wait, and what was left is still counted and reported."""
+    code, _, stderr = run_bot(fake, tmp_path, "sigint-twice", grace=300.0, stuck=True)
+
+    assert code == -signal.SIGINT, stderr
+    assert "waiting up to 300.0s for 4 background handler(s)" in stderr
+    (warning,) = [line for line in stderr.splitlines() if line.startswith("WARNING")]
+    assert "abandoned 4 background handler(s): 3 never started, 1 still running" in warning
+    assert fake.access_token not in stderr
