@@ -662,9 +662,17 @@ class TaskPool:
             job.task.add_done_callback(_retrieve)
 
     async def _run(self, key: object, job: Job) -> None:
-        failed = cancelled = False
+        failed = cancelled = destroyed = False
         try:
             await job.run()
+        except GeneratorExit:
+            # Not cancelled but destroyed: its loop was closed with it pending.  Counted
+            # (abandoned), nothing scheduled on the dead loop, and never swallowed.
+            destroyed = True
+            if not job.counted:
+                job.counted = True
+                self._counters.background_abandoned += 1
+            raise
         except asyncio.CancelledError as e:
             task = asyncio.current_task()
             if isinstance(task, _Task) and task.cancel_requested:
@@ -685,7 +693,8 @@ class TaskPool:
             failed = True
             report_error(self._settings, e, job.event)
         finally:
-            self._over(key, job, failed=failed, cancelled=cancelled)
+            if not destroyed:
+                self._over(key, job, failed=failed, cancelled=cancelled)
 
     def _over(self, key: object, job: Job, *, failed: bool, cancelled: bool) -> None:
         if cancelled and not self._gave_up:

@@ -251,7 +251,10 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
 
         Raises ``InvalidSignatureError`` (bad signature) and ``WebhookBodyError``
         (not a webhook body) before any request; a handler's exception
-        propagates unchanged; a failed mark never raises.  With
+        propagates unchanged; a failed mark never raises.  ``BackgroundFull``
+        (the pool is full) and ``BackgroundClosed`` (it is closed, or ``close()``
+        gave up before this body's ``background=True`` handler could be
+        queued) fail the webhook so that LINE redelivers it.  With
         ``settle_before_return=True`` it returns only once the body's marks have
         settled (or ``settle_timeout`` has passed).
         """
@@ -542,9 +545,11 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     def close(self, grace: float | None = None) -> None:
         """Stop accepting, let background handlers finish, drain pending marks, release HTTP.
 
-        Background handlers get up to ``background_grace`` s; what is left is
-        logged and counted (``stats().background_abandoned``).  Then marks get
-        up to *grace* (default ``close_grace``) s.
+        Every background handler accepted so far (a ``handle()`` under way
+        included) gets up to ``background_grace`` s, queued ones after the
+        running one of their chat; what is left is counted
+        (``stats().background_abandoned``) and reported in one WARNING naming
+        the chats.  Then marks get up to *grace* (default ``close_grace``) s.
         """
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()

@@ -54,9 +54,11 @@ class Stats:
     background_failed: int = 0
     """Background handlers that raised (logged and passed to ``on_error``)."""
     background_abandoned: int = 0
-    """Background handlers not run, or still running, when ``close()`` gave up waiting."""
+    """Background handlers not run, or still running, when ``close()`` (or the drain at
+    interpreter exit) gave up waiting, or cancelled or dropped when their event loop ended."""
     background_refused: int = 0
-    """Events refused with ``BackgroundFull`` (a full backlog): their bodies raised, unmarked."""
+    """Events refused with ``BackgroundFull`` (a full backlog) or ``BackgroundClosed`` (a
+    closed pool): their bodies raised, so LINE may redeliver them."""
 
     @property
     def background_pending(self) -> int:

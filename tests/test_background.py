@@ -564,6 +564,40 @@ def test_when_the_loop_ends_before_aclose_its_background_handlers_are_abandoned_
     assert fake.access_token not in caplog.text
 
 
+def test_a_loop_closed_without_cancelling_its_tasks_still_accounts_for_their_handlers(
+    fake: FakeLinePlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``loop.run_until_complete(main()); loop.close()``: the tasks never ran again."""
+    driver = AsyncDriver()
+    handler = WebhookHandler(SECRET, configuration=fake.configuration())
+    journal = Journal()
+
+    @handler.add(MessageEvent, message=TextMessageContent, background=True)
+    async def on_text(event: Any) -> None:
+        journal.note("start", event.message.text)
+        await asyncio.Event().wait()
+
+    try:
+        driver.handle(
+            handler,
+            *body(text_event("w1", user_id=USER_A), text_event("w2", user_id=USER_A)),
+        )
+        journal.wait_for(1, "start")
+        driver.run(handler.marker.aclose())  # the marks' session closed; the handlers go on
+    finally:
+        driver.finish()  # stops and closes the loop, cancelling nothing
+    with caplog.at_level(logging.WARNING, logger="line_markread"):
+        stats = handler.stats()
+        handler.close()
+    assert (stats.background_started, stats.background_abandoned, stats.background_pending) == (
+        2,
+        2,
+        0,
+    )
+    (warning,) = [r for r in caplog.records if "background handler" in r.getMessage()]
+    assert "abandoned 2 background handler(s): 1 never started, 1 lost" in warning.getMessage()
+
+
 @pytest.mark.parametrize("leaving", ["sys.exit", "KeyboardInterrupt"])
 def test_a_sync_background_handler_leaving_with_a_base_exception_is_a_failure(
     fake: FakeLinePlatform,
