@@ -368,25 +368,24 @@ def drain_at_exit() -> None:
         return
     grace = max(pool.grace for pool in pools)
     deadline = time.monotonic() + grace
-    try:
-        pending = sum(pool.pending() for pool in pools)
-        if pending:
-            log.info(
-                "line_markread: waiting up to %.1fs for %d background handler(s) before "
-                "exiting (Ctrl-C again to stop waiting)",
-                grace,
-                pending,
-            )
-    except KeyboardInterrupt:
-        deadline = time.monotonic()
-    for pool in pools:
-        for _ in range(2):  # interrupted, close() accounts and re-raises; then it returns at once
-            left = max(0.0, min(pool.grace, deadline - time.monotonic()))
-            try:
+    for attempt in range(3):
+        try:
+            pending = sum(pool.pending() for pool in pools) if attempt == 0 else 0
+            if pending:
+                log.info(
+                    "line_markread: waiting up to %.1fs for %d background handler(s) before "
+                    "exiting (Ctrl-C again to stop waiting)",
+                    grace,
+                    pending,
+                )
+            for pool in pools:  # closed ones return at once
+                left = max(0.0, min(pool.grace, deadline - time.monotonic()))
                 pool.close(left, why="the drain at interpreter exit")
-                break
-            except KeyboardInterrupt:
-                deadline = time.monotonic()  # the user does not want to wait: nor for the others
+            return
+        except KeyboardInterrupt:
+            # The user does not want to wait: the interrupted pool accounted for what it
+            # left (close() does), the others close without waiting.
+            deadline = time.monotonic()
 
 
 class ThreadPool:
