@@ -18,7 +18,7 @@ from ._lazy import lazy_exports
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._background import BackgroundFull
+    from ._background import BackgroundClosed, BackgroundFull
     from ._body import WebhookBodyError
     from ._handler import WebhookHandler, install
     from ._marker import Marker
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._targets import ChatId
 
 __all__ = [
+    "BackgroundClosed",
     "BackgroundFull",
     "ChatId",
     "Delivery",
@@ -53,6 +54,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "BackgroundClosed": "._background",
     "BackgroundFull": "._background",
     "ChatId": "._targets",
     "Delivery": "._reply",

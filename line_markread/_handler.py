@@ -8,7 +8,6 @@ the handlers in body order, each waiting only for its own chat.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import enum
 import functools
 import inspect
@@ -16,12 +15,19 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import linebot.v3
 
-from ._background import Reservation, TaskPool, ThreadPool, refuse_background
+from ._background import (
+    BackgroundClosed,
+    Reservation,
+    TaskPool,
+    ThreadPool,
+    refuse_background,
+)
 from ._body import parse_body
 from ._chat import Ticket
 from ._dispatch import (
@@ -53,6 +59,27 @@ from ._stats import Stats
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_handlers: weakref.WeakSet[WebhookHandler] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (gunicorn's workers) starts with no background pool of its own.
+
+    The parent's pools are the parent's: their threads do not exist here, and
+    their handlers run (and are counted) there.  A child that closes before
+    any use must neither wait for them nor report them; another parent thread
+    may also have held the lock at the fork.
+    """
+    for handler in list(_handlers):
+        handler._markread_pool_lock = threading.Lock()
+        handler._markread_threads = None
+        handler._markread_tasks = {}
+        handler._markread_retired = Stats()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - every POSIX Python has it
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Unset(enum.Enum):
@@ -118,6 +145,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         self._markread_pool_lock = threading.Lock()
         self._markread_threads: ThreadPool | None = None
         self._markread_tasks: dict[asyncio.AbstractEventLoop, TaskPool] = {}
+        self._markread_retired = Stats()
+        """The counts of pools whose event loop is gone, so ``stats()`` never goes back."""
         self._markread_closed = False
         if once_store is not None and not isinstance(once_store, OnceStore):
             raise TypeError(f"once_store must implement OnceStore, got {once_store!r}")
@@ -128,6 +157,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             reply_window=validate_reply_window(reply_window),
             tracked=bound,
         )
+        _handlers.add(self)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._markread_marker!r}>"
@@ -280,7 +310,10 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
 
         Raises ``InvalidSignatureError`` (bad signature) and ``WebhookBodyError``
         (not a webhook body) before any request; a handler's exception
-        propagates unchanged; a failed mark never raises.  With
+        propagates unchanged; a failed mark never raises.  ``BackgroundFull``
+        (the pool is full) and ``BackgroundClosed`` (it is closed, or ``close()``
+        gave up before this body's ``background=True`` handler could be
+        queued) fail the webhook so that LINE redelivers it.  With
         ``settle_before_return=True`` it returns only once the body's marks have
         settled (or ``settle_timeout`` has passed).
         """
@@ -368,22 +401,25 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         reservation: Reservation | None,
         loading: BodyLoading | None = None,
     ) -> None:
-        for index, step in enumerate(plan.steps):
-            route = step.route
-            if route is None:
-                log.info("No handler for %s and no default handler", type(step.event).__name__)
-                continue
-            if route.background:
-                if reservation is None:  # routed anew once its model was built (rare)
-                    reservation = self._reserve_count(1, None)
-                pool = reservation.pool
-                assert isinstance(pool, ThreadPool)
-                job = functools.partial(self._run_step, plan.destination, ticket, index, step)
-                pool.put(reservation, job, step.event)
-                continue
-            self._run_step(plan.destination, ticket, index, step, loading=loading)
-        if reservation is not None:
-            reservation.cancel()  # room a re-routed step did not use
+        try:
+            for index, step in enumerate(plan.steps):
+                route = step.route
+                if route is None:
+                    log.info("No handler for %s and no default handler", type(step.event).__name__)
+                    continue
+                if route.background:
+                    if reservation is None:  # routed anew once its model was built (rare)
+                        reservation = self._reserve_count(1, None)
+                    pool = reservation.pool
+                    assert isinstance(pool, ThreadPool)
+                    job = functools.partial(self._run_step, plan.destination, ticket, index, step)
+                    pool.put(reservation, job, step.event)  # BackgroundClosed: the webhook fails
+                    continue
+                self._run_step(plan.destination, ticket, index, step, loading=loading)
+        finally:
+            # Room a re-routed step, or a step after a handler that raised, did not use.
+            if reservation is not None:
+                reservation.cancel()
 
     def _run_step(
         self,
@@ -431,51 +467,48 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         reservation: Reservation | None,
         loading: BodyLoading | None = None,
     ) -> None:
-        for index, step in enumerate(plan.steps):
-            route = step.route
-            if route is None:
-                log.info("No handler for %s and no default handler", type(step.event).__name__)
-                continue
-            if route.background:
-                if reservation is None:  # routed anew once its model was built (rare)
-                    reservation = self._reserve_count(1, asyncio.get_running_loop())
-                pool = reservation.pool
-                assert isinstance(pool, TaskPool)
-                executor = None if route.is_async else pool.executor
-                job = functools.partial(
-                    self._arun_step, plan.destination, ticket, index, step, executor
-                )
-                pool.put(reservation, job, step.event)
-                continue
-            if route.loading:
-                await self._arun_step(plan.destination, ticket, index, step, None, loading=loading)
-                continue
-            # The plain step, inline: no coroutine object per event for handlers
-            # that use neither keyword.
-            if step.decision is True:
-                await self._markread_marker._await_event(ticket, index)
-            answers = self._markread_answers
-            once, fallback = route.once, route.push_fallback
-            run = (  # no coroutine per event for the in-memory store
-                answers.start(step.raw, once, fallback)
-                if answers.nonblocking
-                else await answers.astart(step.raw, once, fallback)
-            )
-            if run is None:  # completed before: a redelivery or a duplicate
-                continue
-            current = CURRENT_RUN.set(run)
-            try:
-                result = route.call(step.event, plan.destination)
-                if inspect.isawaitable(result):
-                    await result
-            finally:
-                CURRENT_RUN.reset(current)
-            if answers.nonblocking:
-                answers.finish(run, once)
-            else:
-                await answers.afinish(run, once)
-        if reservation is not None:
-            reservation.cancel()  # room a re-routed step did not use
+        try:
+            for index, step in enumerate(plan.steps):
+                route = step.route
+                if route is None:
+                    log.info("No handler for %s and no default handler", type(step.event).__name__)
+                    continue
+                if route.background:
+                    if reservation is None:  # routed anew once its model was built (rare)
+                        reservation = self._reserve_count(1, asyncio.get_running_loop())
+                    pool = reservation.pool
+                    assert isinstance(pool, TaskPool)
+                    threads = None if route.is_async else pool
+                    job = functools.partial(
+                        self._arun_step, plan.destination, ticket, index, step, threads
+                    )
+                    pool.put(reservation, job, step.event)  # BackgroundClosed: the webhook fails
+                    continue
+                answers = self._markread_answers
+                if route.loading or not answers.nonblocking:
+                    await self._arun_step(
+                        plan.destination, ticket, index, step, None, loading=loading
+                    )
+                    continue
+                # The plain step, inline: no coroutine object per event for handlers
+                # that use neither keyword (and the in-memory once store).
+                if step.decision is True:
+                    await self._markread_marker._await_event(ticket, index)
+                run = answers.start(step.raw, route.once, route.push_fallback)
+                if run is None:  # completed before: a redelivery or a duplicate
+                    continue
+                current = CURRENT_RUN.set(run)
+                try:
+                    result = route.call(step.event, plan.destination)
+                    if inspect.isawaitable(result):
+                        await result
+                finally:
+                    CURRENT_RUN.reset(current)
+                answers.finish(run, route.once)
+        finally:
+            # Room a re-routed step, or a step after a handler that raised, did not use.
+            if reservation is not None:
+                reservation.cancel()
 
     async def _arun_step(
         self,
@@ -483,11 +516,11 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         ticket: Ticket,
         index: int,
         step: Step,
-        executor: concurrent.futures.Executor | None,
+        threads: TaskPool | None,
         *,
         loading: BodyLoading | None = None,
     ) -> None:
-        """One step on the loop; a sync handler runs in *executor* when one is given."""
+        """One step on the loop; a sync handler runs in the threads of *threads* if given."""
         route = step.route
         assert route is not None  # only steps with a handler get here
         if step.decision is True:
@@ -504,14 +537,10 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             showing = await self._ashow(step.event, route.loading) if route.loading else None
         current = CURRENT_RUN.set(run)
         try:
-            if executor is None:
+            if threads is None:
                 result = route.call(step.event, destination)
             else:
-                loop = asyncio.get_running_loop()
-                call = route.call
-                result = await loop.run_in_executor(
-                    executor, run.call, call, step.event, destination
-                )
+                result = await threads.in_thread(run.call, route.call, step.event, destination)
             if inspect.isawaitable(result):
                 await result
         finally:
@@ -594,20 +623,22 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     def _thread_pool(self) -> ThreadPool:
         with self._markread_pool_lock:
             if self._markread_closed:
-                raise RuntimeError("line_markread: this handler is closed")
+                raise BackgroundClosed("line_markread: this handler is closed")
             threads = self._markread_threads
-            if threads is None or threads.pid != os.getpid():
+            if threads is None:
                 threads = self._markread_threads = ThreadPool(self._markread_marker.settings)
             return threads
 
     def _task_pool(self, loop: asyncio.AbstractEventLoop) -> TaskPool:
         with self._markread_pool_lock:
             if self._markread_closed:
-                raise RuntimeError("line_markread: this handler is closed")
+                raise BackgroundClosed("line_markread: this handler is closed")
             pool = self._markread_tasks.get(loop)
             if pool is None:
                 for gone in [lp for lp in self._markread_tasks if lp.is_closed()]:
-                    del self._markread_tasks[gone]
+                    retired = self._markread_tasks.pop(gone)
+                    retired.end_if_loop_closed()
+                    self._markread_retired += retired.stats()
                 pool = self._markread_tasks[loop] = TaskPool(self._markread_marker.settings, loop)
             return pool
 
@@ -696,7 +727,11 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         """An immutable ``Stats`` snapshot of the counters (marks, loading, background)."""
         total = self._markread_marker.stats()
         with self._markread_pool_lock:
-            pools: list[ThreadPool | TaskPool] = list(self._markread_tasks.values())
+            total += self._markread_retired
+            pools: list[ThreadPool | TaskPool] = []
+            for task_pool in self._markread_tasks.values():
+                task_pool.end_if_loop_closed()  # its loop closed with handlers on it
+                pools.append(task_pool)
             if self._markread_threads is not None:
                 pools.append(self._markread_threads)
         for pool in pools:
@@ -711,9 +746,11 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     def close(self, grace: float | None = None) -> None:
         """Stop accepting, let background handlers finish, drain pending marks, release HTTP.
 
-        Background handlers get up to ``background_grace`` s; what is left is
-        logged and counted (``stats().background_abandoned``).  Then marks get
-        up to *grace* (default ``close_grace``) s.
+        Every background handler accepted so far (a ``handle()`` under way
+        included) gets up to ``background_grace`` s, queued ones after the
+        running one of their chat; what is left is counted
+        (``stats().background_abandoned``) and reported in one WARNING naming
+        the chats.  Then marks get up to *grace* (default ``close_grace``) s.
         """
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -732,6 +769,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         for pool in task_pools:
             if pool.loop.is_running():
                 asyncio.run_coroutine_threadsafe(pool.aclose(background_grace), pool.loop).result()
+            else:
+                pool.end_if_loop_closed()
         self._markread_loader.stop_all()
         self._markread_marker.close(grace)
 
@@ -747,6 +786,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             elif pool.loop.is_running():
                 future = asyncio.run_coroutine_threadsafe(pool.aclose(background_grace), pool.loop)
                 closing.append(asyncio.wrap_future(future))
+            else:
+                pool.end_if_loop_closed()
         if threads is not None:
             closing.append(asyncio.to_thread(threads.close, background_grace))
         if closing:

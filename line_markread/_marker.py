@@ -81,6 +81,29 @@ def _submit_for(
                 waiter.sink = future  # the engine sets it when it releases the waiter
 
 
+_markers: weakref.WeakSet[Marker] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child keeps none of the parent's engines, and no lock a parent thread held.
+
+    The engines run on the parent's loops, which no thread runs here: closing
+    one would wait forever for a loop that never turns (``close()`` or
+    ``with handler:`` in a child before any use), and touching their sockets
+    would disturb the parent.  They are kept untouched (``abandon``); the
+    child makes its own engines on first use.
+    """
+    for marker in list(_markers):
+        marker._lock = threading.Lock()
+        abandon(*marker._engines.values())
+        marker._engines.clear()
+        marker._pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - every POSIX Python has it
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _resolve_all(
     futures: Iterable[concurrent.futures.Future[Outcome] | None], outcome: Outcome
 ) -> None:
@@ -131,6 +154,7 @@ class Marker:
         self._finalizer = weakref.finalize(
             self, _close_background, self._thread, self._engines, self._settings.close_grace
         )
+        _markers.add(self)
 
     def __repr__(self) -> str:
         s = self._settings

@@ -59,9 +59,11 @@ class Stats:
     background_failed: int = 0
     """Background handlers that raised (logged and passed to ``on_error``)."""
     background_abandoned: int = 0
-    """Background handlers not run, or still running, when ``close()`` gave up waiting."""
+    """Background handlers not run, or still running, when ``close()`` (or the drain at
+    interpreter exit) gave up waiting, or cancelled or dropped when their event loop ended."""
     background_refused: int = 0
-    """Events refused with ``BackgroundFull`` (a full backlog): their bodies raised, unmarked."""
+    """Events refused with ``BackgroundFull`` (a full backlog) or ``BackgroundClosed`` (a
+    closed pool): their bodies raised, so LINE may redeliver them."""
     already_handled: int = 0
     """Handlers not run because they completed for that ``webhookEventId`` before (``once=``)."""
     answers_replied: int = 0

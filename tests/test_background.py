@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 import warnings
@@ -15,8 +16,8 @@ from typing import Any
 import pytest
 from linebot.v3.webhooks import MessageEvent, TextMessageContent
 
-from line_markread import BackgroundFull, WebhookHandler
-from line_markread._background import Lanes, Reservation, ThreadPool
+from line_markread import BackgroundClosed, BackgroundFull, WebhookHandler
+from line_markread._background import DaemonThreads, Lanes, Reservation, ThreadPool
 from line_markread.testing import (
     LOADING_PATH,
     TOKEN_MARK_AS_READ_PATH,
@@ -455,3 +456,269 @@ def test_lanes_schedule_one_job_per_chat_within_the_worker_limit() -> None:
     # At close: what never started goes; a2, running, stays.
     assert sorted(lanes.drop_waiting()) == ["a3", "c1"]
     assert (lanes.size, lanes.running) == (1, 1)
+
+
+# -- issue 16: close() racing handle(), leaked room, the loop's end, BaseExceptions ------
+
+
+def test_a_body_whose_background_handler_cannot_run_after_close_fails_the_webhook(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    """close() gave up while handle() was under way: handle() raises, so LINE redelivers."""
+    handler = new_handler(background_grace=0.2)
+    journal = Journal()
+    if driver.name == "sync":
+
+        def plain(event: Any) -> None:
+            handler.close()  # a shutdown arriving while this body's first handler runs
+
+    else:
+
+        async def plain(event: Any) -> None:  # type: ignore[misc]  # one name, two kinds
+            await handler.aclose()
+
+    handler.add(MessageEvent, message=TextMessageContent)(plain)
+    handler.default(background=True)(lambda event: journal.note("start", "follow"))
+    with pytest.raises(BackgroundClosed, match="will not run"):
+        driver.handle(
+            handler, *body(text_event("closing", user_id=USER_A), follow_event(user_id=USER_B))
+        )
+    assert isinstance(BackgroundClosed("x"), BackgroundFull), "code handling a full pool too"
+    assert journal.order("start") == []
+    stats = handler.stats()
+    assert (stats.background_started, stats.background_refused, stats.background_pending) == (
+        0,
+        1,
+        0,
+    )
+
+
+def test_a_raising_handler_gives_back_the_room_of_the_bodys_background_handlers(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler(background_workers=1, background_backlog=0, background_grace=30.0)
+    journal = Journal()
+
+    @handler.add(MessageEvent, message=TextMessageContent)
+    def plain(event: Any) -> None:
+        raise LookupError("the plain handler fails before the background step")
+
+    handler.default(background=True)(lambda event: journal.note("end", "follow"))
+    with pytest.raises(LookupError):
+        driver.handle(
+            handler, *body(text_event("boom", user_id=USER_A), follow_event(user_id=USER_B))
+        )
+    assert handler.stats().background_pending == 0
+    # The pool holds one handler: a leaked reservation would refuse this body (BackgroundFull).
+    driver.handle(handler, *body(follow_event(user_id=USER_B)))
+    journal.wait_for(1)
+    began = time.monotonic()
+    driver.close(handler)
+    took = time.monotonic() - began
+    assert took < handler.settings.background_grace / 3, f"close() waited {took:.1f}s"
+    stats = handler.stats()
+    assert (stats.background_finished, stats.background_abandoned) == (1, 0)
+
+
+def test_when_the_loop_ends_before_aclose_its_background_handlers_are_abandoned_and_reported(
+    fake: FakeLinePlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncio.run() (and aiohttp, uvicorn) cancel every task when the app ends."""
+    handler = WebhookHandler(SECRET, configuration=fake.configuration())
+    ran: list[str] = []
+    both_started = asyncio.Event()
+
+    @handler.add(MessageEvent, message=TextMessageContent, background=True)
+    async def on_text(event: Any) -> None:
+        ran.append(event.message.text)
+        if len(ran) == 2:
+            both_started.set()
+        await asyncio.Event().wait()  # until the loop ends
+
+    async def main() -> None:
+        await handler.handle_async(
+            *body(
+                text_event("z1", user_id=USER_A),
+                text_event("z2", user_id=USER_A),
+                text_event("z3", user_id=USER_B),
+            )
+        )
+        await asyncio.wait_for(both_started.wait(), 10)
+
+    with caplog.at_level(logging.WARNING, logger="line_markread"):
+        asyncio.run(main())
+    stats = handler.stats()
+    handler.close()
+    assert sorted(ran) == ["z1", "z3"], "z2 waits for z1 and never starts"
+    assert (
+        stats.background_started,
+        stats.background_finished,
+        stats.background_abandoned,
+        stats.background_pending,
+    ) == (3, 0, 3, 0)
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    text = warning.getMessage()
+    assert "abandoned 3 background handler(s): 1 never started, 2 cancelled" in text
+    assert f"user:{USER_A}" in text
+    assert f"user:{USER_B}" in text
+    assert fake.access_token not in caplog.text
+
+
+def test_a_loop_closed_without_cancelling_its_tasks_still_accounts_for_their_handlers(
+    fake: FakeLinePlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``loop.run_until_complete(main()); loop.close()``: the tasks never ran again."""
+    driver = AsyncDriver()
+    handler = WebhookHandler(SECRET, configuration=fake.configuration())
+    journal = Journal()
+
+    @handler.add(MessageEvent, message=TextMessageContent, background=True)
+    async def on_text(event: Any) -> None:
+        journal.note("start", event.message.text)
+        await asyncio.Event().wait()
+
+    try:
+        driver.handle(
+            handler,
+            *body(text_event("w1", user_id=USER_A), text_event("w2", user_id=USER_A)),
+        )
+        journal.wait_for(1, "start")
+        driver.run(handler.marker.aclose())  # the marks' session closed; the handlers go on
+    finally:
+        driver.finish()  # stops and closes the loop, cancelling nothing
+    with caplog.at_level(logging.WARNING, logger="line_markread"):
+        stats = handler.stats()
+        handler.close()
+    assert (stats.background_started, stats.background_abandoned, stats.background_pending) == (
+        2,
+        2,
+        0,
+    )
+    (warning,) = [r for r in caplog.records if "background handler" in r.getMessage()]
+    assert "abandoned 2 background handler(s): 1 never started, 1 lost" in warning.getMessage()
+
+
+@pytest.mark.parametrize("leaving", ["sys.exit", "KeyboardInterrupt"])
+def test_a_sync_background_handler_leaving_with_a_base_exception_is_a_failure(
+    fake: FakeLinePlatform,
+    driver: Driver,
+    new_handler: HandlerFactory,
+    caplog: pytest.LogCaptureFixture,
+    leaving: str,
+) -> None:
+    """In a pool thread these stop nothing: logged, ``on_error``, ``background_failed``."""
+    errors: list[BaseException] = []
+    handler = new_handler(on_error=lambda exc, event: errors.append(exc))
+    journal = Journal()
+
+    @handler.add(MessageEvent, message=TextMessageContent, background=True)
+    def on_text(event: Any) -> None:  # sync, so in the pool's threads under both drivers
+        if event.message.text == "leave":
+            if leaving == "sys.exit":
+                sys.exit(3)
+            raise KeyboardInterrupt
+        journal.note("end", event.message.text)
+
+    with caplog.at_level(logging.ERROR, logger="line_markread"):
+        driver.handle(handler, *body(text_event("leave", user_id=USER_A)))
+        driver.handle(handler, *body(text_event("after", user_id=USER_A)))
+        journal.wait_for(1)
+        driver.close(handler)
+    assert [type(e) for e in errors] == [SystemExit if leaving == "sys.exit" else KeyboardInterrupt]
+    (record,) = [r for r in caplog.records if "background handler" in r.getMessage()]
+    assert f"user:{USER_A}" in record.getMessage()
+    stats = handler.stats()
+    assert (stats.background_finished, stats.background_failed, stats.background_pending) == (
+        2,
+        1,
+        0,
+    )
+
+
+def test_a_stray_cancelled_error_out_of_an_async_background_handler_is_a_failure(
+    fake: FakeLinePlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a cancellation of its task (not aclose()'s, not the loop's end): the handler failed."""
+    driver = AsyncDriver()
+    errors: list[BaseException] = []
+    handler = WebhookHandler(
+        SECRET, configuration=fake.configuration(), on_error=lambda exc, e: errors.append(exc)
+    )
+    journal = Journal()
+
+    @handler.add(MessageEvent, message=TextMessageContent, background=True)
+    async def on_text(event: Any) -> None:
+        if event.message.text == "stray":
+            cancelled = asyncio.get_running_loop().create_future()
+            cancelled.cancel()  # e.g. a client library's request future, cancelled by it
+            await cancelled
+        journal.note("end", event.message.text)
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="line_markread"):
+            driver.handle(handler, *body(text_event("stray", user_id=USER_A)))
+            driver.handle(handler, *body(text_event("after", user_id=USER_A)))
+            journal.wait_for(1)
+            driver.close(handler)
+    finally:
+        driver.finish()
+    assert journal.order("end") == ["after"]
+    assert [type(e) for e in errors] == [asyncio.CancelledError]
+    assert "raised CancelledError" in caplog.text
+    stats = handler.stats()
+    assert (
+        stats.background_finished,
+        stats.background_failed,
+        stats.background_abandoned,
+    ) == (2, 1, 0)
+
+
+def test_a_keyboard_interrupt_on_the_loop_is_reported_then_stops_the_loop_as_asyncio_does(
+    fake: FakeLinePlatform,
+) -> None:
+    """Raised on the loop's thread it may be a real Ctrl-C: reported, never swallowed."""
+    errors: list[BaseException] = []
+    handler = WebhookHandler(
+        SECRET, configuration=fake.configuration(), on_error=lambda exc, e: errors.append(exc)
+    )
+
+    @handler.add(MessageEvent, message=TextMessageContent, background=True)
+    async def on_text(event: Any) -> None:
+        raise KeyboardInterrupt
+
+    async def serve() -> None:
+        await handler.handle_async(*body(text_event("ctrl-c", user_id=USER_A)))
+        await asyncio.Event().wait()  # a server runs until stopped
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(serve())
+    stats = handler.stats()
+    handler.close()
+    assert [type(e) for e in errors] == [KeyboardInterrupt]
+    assert (stats.background_finished, stats.background_failed) == (1, 1)
+
+
+def test_queued_calls_still_run_when_no_new_thread_may_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Python 3.12+ refuses new threads at interpreter exit, while the exit drain still runs:
+    the pool's threads are reused, so what is queued runs on the thread already there."""
+    threads = DaemonThreads(4)
+    busy, done = threading.Event(), Journal()
+
+    def first() -> None:
+        busy.wait(10)
+        done.note("end", "first")
+
+    threads.submit(first)
+
+    def refused(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    for n in range(3):
+        threads.submit(lambda n=n: done.note("end", str(n)))  # type: ignore[misc]  # bound default
+    busy.set()
+    done.wait_for(4)
+    assert done.order("end") == ["first", "0", "1", "2"]
+    threads.stop()
