@@ -50,6 +50,7 @@ from ._reply import (
     DEFAULT_REPLY_WINDOW,
     Replier,
     ReplyResult,
+    leave_run,
     validate_push_fallback,
     validate_reply_window,
 )
@@ -503,7 +504,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                     if inspect.isawaitable(result):
                         await result
                 finally:
-                    CURRENT_RUN.reset(current)
+                    leave_run(current)
                 answers.finish(run, route.once)
         finally:
             # Room a re-routed step, or a step after a handler that raised, did not use.
@@ -544,7 +545,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             if inspect.isawaitable(result):
                 await result
         finally:
-            CURRENT_RUN.reset(current)
+            leave_run(current)
             if showing is not None:
                 showing.stop()
         await answers.afinish(run, route.once)

@@ -36,6 +36,7 @@ The decisions are pure functions (``retry_key``, ``chat_of``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import enum
 import json
@@ -268,6 +269,18 @@ class Run:
 CURRENT_RUN: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
     "line_markread_run", default=None
 )
+
+
+def leave_run(token: contextvars.Token[Run | None]) -> None:
+    """Reset ``CURRENT_RUN`` after an ``async`` step, wherever its ``finally`` runs.
+
+    A step's coroutine closed by the garbage collector (its event loop ended
+    without cancelling it) runs its ``finally`` in another context, where the
+    token means nothing: there is nothing to reset then, and the ``ValueError``
+    would hide the ``GeneratorExit`` that is under way.
+    """
+    with contextlib.suppress(ValueError):
+        CURRENT_RUN.reset(token)
 
 
 def event_id_of(event: Any) -> str | None:
