@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from ._handler import WebhookHandler, install
     from ._marker import Marker
     from ._outcome import MarkFailure, Outcome
+    from ._queue import QueueStats, QueueUnavailable
+    from ._queue._postgres import PostgresQueue, RetryPolicy
     from ._read_first import read_first
     from ._retry import is_testing, set_testing
     from ._settings import Settings
@@ -35,6 +37,10 @@ __all__ = [
     "MarkFailure",
     "Marker",
     "Outcome",
+    "PostgresQueue",
+    "QueueStats",
+    "QueueUnavailable",
+    "RetryPolicy",
     "Settings",
     "Stats",
     "WebhookBodyError",
@@ -52,6 +58,10 @@ _LAZY = {
     "MarkFailure": "._outcome",
     "Marker": "._marker",
     "Outcome": "._outcome",
+    "PostgresQueue": "._queue._postgres",
+    "QueueStats": "._queue",
+    "QueueUnavailable": "._queue",
+    "RetryPolicy": "._queue._postgres",
     "Settings": "._settings",
     "Stats": "._stats",
     "WebhookBodyError": "._body",

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Mark LINE messages read before your bot replies: demo and account check.",
+        description="Mark LINE messages read before your bot replies: demo, account check, "
+        "and the durable queue's worker.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -85,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Messaging API base URL (default: {DEFAULT_HOST})",
     )
     check.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    from . import queue, worker  # noqa: PLC0415  # argparse only; the queue loads when run
+
+    worker.add_parser(commands)
+    queue.add_parser(commands)
     return parser
 
 
@@ -119,6 +125,10 @@ def _silence_stdout() -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return _demo(as_json=args.json, seed=args.seed)
+    if args.command in ("worker", "queue"):
+        from . import queue, worker  # noqa: PLC0415  # loaded only for these commands
+
+        return worker.run(args) if args.command == "worker" else queue.run(args)
     from .check import run  # noqa: PLC0415  # loaded only for this command
 
     return int(run(access_token=args.access_token, host=args.host, as_json=args.json))
