@@ -23,11 +23,12 @@ procrastinate and psycopg load when the first queue is made, never when
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -35,7 +36,6 @@ from . import Job, QueueStats, QueueUnavailable
 
 if TYPE_CHECKING:
     import procrastinate
-    import psycopg_pool
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,8 @@ class PostgresQueue:
             connector=procrastinate.PsycopgConnector(conninfo=url)
         )
         self._lock = threading.Lock()
-        self._sync_pool: psycopg_pool.ConnectionPool | None = None
-        self._async_pools: dict[asyncio.AbstractEventLoop, psycopg_pool.AsyncConnectionPool] = {}
+        self._idle_sync = Connections(self)
+        self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnections] = {}
         self._closed = False
         self._down = False
         self._deferred = 0
@@ -201,15 +201,8 @@ class PostgresQueue:
         if not jobs:
             return 0
         try:
-            pool = self._pool()
-            with pool.connection(timeout=self.timeout) as conn, conn.transaction():
-                fresh = _fresh(jobs, self._accept_sync(conn, jobs))
-                for chat, group in _by_chat(fresh):
-                    deferrer = self.app.configure_task(
-                        TASK_NAME, lock=chat, queue=QUEUE_NAME, connection=conn
-                    )
-                    deferrer.batch_defer(*(job.to_json() for job in group))
-        except QueueUnavailable:
+            fresh = self._idle_sync.run(self._defer_on_sync, jobs)
+        except RuntimeError:
             raise
         except Exception as e:
             raise self._refuse(len(jobs), e) from None
@@ -217,24 +210,37 @@ class PostgresQueue:
         return len(fresh)
 
     async def adefer(self, jobs: Sequence[Job]) -> int:
-        """Async twin of ``defer``, on the running loop's own pool."""
+        """Async twin of ``defer``, on connections of the running loop."""
         if not jobs:
             return 0
         try:
-            pool = await self._apool()
-            async with pool.connection(timeout=self.timeout) as conn, conn.transaction():
-                fresh = _fresh(jobs, await self._accept_async(conn, jobs))
-                for chat, group in _by_chat(fresh):
-                    deferrer = self.app.configure_task(
-                        TASK_NAME, lock=chat, queue=QUEUE_NAME, connection=conn
-                    )
-                    await deferrer.batch_defer_async(*(job.to_json() for job in group))
-        except QueueUnavailable:
+            fresh = await self._idle_async().arun(self._defer_on_async, jobs)
+        except RuntimeError:
             raise
         except Exception as e:
             raise self._refuse(len(jobs), e) from None
         self._accepted(len(jobs), len(fresh))
         return len(fresh)
+
+    def _defer_on_sync(self, conn: Any, jobs: Sequence[Job]) -> list[Job]:
+        with conn.transaction():
+            fresh = _fresh(jobs, self._accept_sync(conn, jobs))
+            for chat, group in _by_chat(fresh):
+                deferrer = self.app.configure_task(
+                    TASK_NAME, lock=chat, queue=QUEUE_NAME, connection=conn
+                )
+                deferrer.batch_defer(*(job.to_json() for job in group))
+        return fresh
+
+    async def _defer_on_async(self, conn: Any, jobs: Sequence[Job]) -> list[Job]:
+        async with conn.transaction():
+            fresh = _fresh(jobs, await self._accept_async(conn, jobs))
+            for chat, group in _by_chat(fresh):
+                deferrer = self.app.configure_task(
+                    TASK_NAME, lock=chat, queue=QUEUE_NAME, connection=conn
+                )
+                await deferrer.batch_defer_async(*(job.to_json() for job in group))
+        return fresh
 
     _ACCEPT = (
         f"INSERT INTO {ACCEPTED_TABLE} (webhook_event_id) "
@@ -283,51 +289,17 @@ class PostgresQueue:
 
     # -- connections ---------------------------------------------------------
 
-    def _pool(self) -> psycopg_pool.ConnectionPool:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("line_markread: this queue is closed")
-            if self._sync_pool is None:
-                import psycopg_pool  # noqa: PLC0415  # the extra
-
-                self._sync_pool = psycopg_pool.ConnectionPool(
-                    self.url,
-                    min_size=1,
-                    max_size=self.pool_size,
-                    open=True,
-                    timeout=self.timeout,
-                    check=psycopg_pool.ConnectionPool.check_connection,
-                    kwargs={"connect_timeout": max(1, round(self.timeout))},
-                    reconnect_timeout=0,  # keep trying forever: the database comes back
-                )
-            return self._sync_pool
-
-    async def _apool(self) -> psycopg_pool.AsyncConnectionPool:
+    def _idle_async(self) -> AsyncConnections:
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._closed:
                 raise RuntimeError("line_markread: this queue is closed")
             pool = self._async_pools.get(loop)
             if pool is None:
-                import psycopg_pool  # noqa: PLC0415  # the extra
-
-                pool = psycopg_pool.AsyncConnectionPool(
-                    self.url,
-                    min_size=1,
-                    max_size=self.pool_size,
-                    open=False,
-                    timeout=self.timeout,
-                    check=psycopg_pool.AsyncConnectionPool.check_connection,
-                    kwargs={"connect_timeout": max(1, round(self.timeout))},
-                    reconnect_timeout=0,
-                )
-                self._async_pools[loop] = pool
-                opening = True
-            else:
-                opening = False
-        if opening:
-            await pool.open(wait=False)
-        return pool
+                for gone in [lp for lp in self._async_pools if lp.is_closed()]:
+                    del self._async_pools[gone]
+                pool = self._async_pools[loop] = AsyncConnections(self)
+            return pool
 
     # -- stats, closing ------------------------------------------------------
 
@@ -368,33 +340,140 @@ class PostgresQueue:
         return QueueStats(**remote, **local)
 
     def close(self) -> None:
-        """Close the web side's connections (pools of other loops are closed on theirs)."""
+        """Close the web side's idle connections (those of other loops: on their loop)."""
         with self._lock:
             self._closed = True
-            pool, self._sync_pool = self._sync_pool, None
             loops = list(self._async_pools.items())
             self._async_pools.clear()
-        if pool is not None:
-            pool.close()
-        for loop, apool in loops:
+        self._idle_sync.close()
+        for loop, pool in loops:
             if loop.is_running():
-                asyncio.run_coroutine_threadsafe(apool.close(), loop).result()
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(pool.aclose(), loop).result(5)
 
     async def aclose(self) -> None:
         """Async twin of ``close``."""
         running = asyncio.get_running_loop()
         with self._lock:
             self._closed = True
-            pool, self._sync_pool = self._sync_pool, None
             loops = list(self._async_pools.items())
             self._async_pools.clear()
-        if pool is not None:
-            await asyncio.to_thread(pool.close)
-        for loop, apool in loops:
+        await asyncio.to_thread(self._idle_sync.close)
+        for loop, pool in loops:
             if loop is running:
-                await apool.close()
+                await pool.aclose()
             elif loop.is_running():
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(apool.close(), loop))
+                future = asyncio.run_coroutine_threadsafe(pool.aclose(), loop)
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(future)
+
+
+T = TypeVar("T")
+
+
+class Connections:
+    """The web side's few connections: idle ones kept, a broken one never reused.
+
+    Deliberately not a pool with a background reconnect loop: with the database
+    down, a webhook must fail fast (connection refused: at once; unreachable:
+    ``timeout``) and quietly, one ERROR per burst.  A body whose kept
+    connection turns out dead (the database restarted) is tried once more on a
+    fresh one: nothing was committed.
+    """
+
+    def __init__(self, queue: PostgresQueue) -> None:
+        self._queue = queue
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _connect(self) -> Any:
+        import psycopg  # noqa: PLC0415  # the extra
+
+        return psycopg.connect(self._queue.url, connect_timeout=max(1, round(self._queue.timeout)))
+
+    def run(self, work: Callable[[Any, Sequence[Job]], T], jobs: Sequence[Job]) -> T:
+        import psycopg  # noqa: PLC0415
+
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        reused = conn is not None
+        for _ in range(2):
+            if conn is None:
+                conn = self._connect()
+            try:
+                result = work(conn, jobs)
+            except psycopg.OperationalError:
+                conn.close()
+                conn = None
+                if not reused:
+                    raise
+                reused = False  # a kept connection died: once more, fresh
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            self._keep(conn)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _keep(self, conn: Any) -> None:
+        with self._lock:
+            if len(self._idle) < self._queue.pool_size and not self._queue._closed:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class AsyncConnections:
+    """``Connections`` for one event loop (psycopg's async connections are per loop)."""
+
+    def __init__(self, queue: PostgresQueue) -> None:
+        self._queue = queue
+        self._idle: list[Any] = []
+
+    async def arun(
+        self, work: Callable[[Any, Sequence[Job]], Awaitable[T]], jobs: Sequence[Job]
+    ) -> T:
+        import psycopg  # noqa: PLC0415
+
+        conn = self._idle.pop() if self._idle else None
+        reused = conn is not None
+        for _ in range(2):
+            if conn is None:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._queue.url, connect_timeout=max(1, round(self._queue.timeout))
+                )
+            try:
+                result = await work(conn, jobs)
+            except psycopg.OperationalError:
+                await conn.close()
+                conn = None
+                if not reused:
+                    raise
+                reused = False
+                continue
+            except BaseException:
+                await conn.close()
+                raise
+            if len(self._idle) < self._queue.pool_size and not self._queue._closed:
+                self._idle.append(conn)
+            else:
+                await conn.close()
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
 
 def _fresh(jobs: Sequence[Job], new_ids: set[str]) -> list[Job]:
