@@ -504,15 +504,17 @@ async def read_stats(url: str) -> dict[str, int]:
     import procrastinate  # noqa: PLC0415
     import psycopg  # noqa: PLC0415
 
+    # Our counters first: a plain connection fails at once when the database is away
+    # (a pool would wait for it).
+    async with await psycopg.AsyncConnection.connect(url, connect_timeout=5) as conn:
+        cursor = await conn.execute(f"SELECT name, value FROM {COUNTERS_TABLE}")
+        counters = {str(name): int(value) for name, value in await cursor.fetchall()}
     app = procrastinate.App(
         connector=procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=1)
     )
     async with app.open_async():
         queues = list(await app.job_manager.list_queues_async(queue=QUEUE_NAME))
     counts = queues[0] if queues else {}
-    async with await psycopg.AsyncConnection.connect(url, connect_timeout=5) as conn:
-        cursor = await conn.execute(f"SELECT name, value FROM {COUNTERS_TABLE}")
-        counters = {str(name): int(value) for name, value in await cursor.fetchall()}
     return {
         "depth": int(counts.get("todo", 0)),
         "running": int(counts.get("doing", 0)),
