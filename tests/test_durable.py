@@ -9,8 +9,11 @@ across real processes, signals and crashes is tests/test_durable_processes.py.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -84,17 +87,34 @@ async def test_webhook_only_queues_then_the_worker_marks_and_runs_in_chat_order(
     handler, queue = durable_handler(fake, schema)
     ran: list[tuple[str, str]] = []
     marked_first: list[bool] = []
+    running: collections.Counter[str] = collections.Counter()
+    overlapped: list[str] = []
+    lock = threading.Lock()
+
+    def begin(user: str) -> None:
+        with lock:
+            running[user] += 1
+            if running[user] > 1:
+                overlapped.append(user)
+
+    def end(user: str, text: str) -> None:
+        with lock:
+            running[user] -= 1
+            ran.append((user, text))
 
     @handler.add(MessageEvent, message=TextMessageContent, background=True)
     async def on_text(event: Any) -> None:
+        begin(event.source.user_id)
         marked_first.append(event.message.mark_as_read_token in fake.marked_tokens())
-        await asyncio.sleep(0.01)
-        ran.append((event.source.user_id, event.message.text))
+        await asyncio.sleep(0.05)
+        end(event.source.user_id, event.message.text)
 
     @handler.add(MessageEvent, message=StickerMessageContent, background=True)
     def on_sticker(event: Any) -> None:  # a sync handler: the worker's threads
+        begin(event.source.user_id)
         marked_first.append(event.message.mark_as_read_token in fake.marked_tokens())
-        ran.append((event.source.user_id, "sticker"))
+        time.sleep(0.05)  # a slow handler (in a worker thread)
+        end(event.source.user_id, "sticker")
 
     users = ["U" + str(n) * 32 for n in range(3)]
     events = [
@@ -111,6 +131,7 @@ async def test_webhook_only_queues_then_the_worker_marks_and_runs_in_chat_order(
     async with worker(handler, queue):
         await until(lambda: len(ran) == len(events), "every job")
     assert all(marked_first)
+    assert overlapped == []  # never two handlers of one chat at once
     for user in users:
         assert [text for u, text in ran if u == user] == [
             "sticker" if n % 3 == 0 else f"{n}" for n in range(6)

@@ -239,7 +239,8 @@ PER_CHAT = 10
 async def test_two_web_processes_two_workers_every_chat_in_order_each_message_once(
     bots_factory: Any, fake: FakeLinePlatform, session: aiohttp.ClientSession, database_url: str
 ) -> None:
-    bots: Bots = bots_factory(delay=0.005)
+    # Slow enough handlers that each chat's messages queue up behind one another.
+    bots: Bots = bots_factory(delay=0.1)
     webs = [bots.web(), bots.web()]
     workers = [bots.worker(), bots.worker()]
     chats = [conversation(n, PER_CHAT) for n in range(CHATS)]
