@@ -636,7 +636,7 @@ def test_the_fault_matrix_names_only_tests_that_exist() -> None:
     named = set(re.findall(r"`(test_[a-z0-9_]+)`", matrix))
     defined = set()
     for module in (root / "tests").glob("test_*.py"):
-        defined |= set(re.findall(r"^def (test_[a-z0-9_]+)\(", module.read_text(), re.M))
+        defined |= set(re.findall(r"^(?:async )?def (test_[a-z0-9_]+)\(", module.read_text(), re.M))
     assert len(named) >= 30
     assert named - defined == set()
 
