@@ -358,3 +358,47 @@ async def test_sigterm_lets_the_running_job_finish_within_the_grace_and_exits_0(
     await fake.await_requests(2, path=REPLY_PATH, timeout=WAIT)
     assert [text for kind, text in history(fake) if kind == "reply"] == echoes
     assert bots.stop_all() == [0, 0]
+
+
+def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=WAIT, check=False
+    )
+
+
+def test_the_durable_bot_without_database_url_says_so_and_exits_1() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(LINE_CHANNEL_SECRET=SECRET, LINE_CHANNEL_ACCESS_TOKEN="t")
+    result = _run([sys.executable, str(EXAMPLE)], env)
+    assert result.returncode == 1
+    assert "DATABASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_worker_and_queue_commands_refuse_clearly(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    cli = [sys.executable, "-m", "line_markread"]
+    missing = _run([*cli, "worker", "no_such_module:handler"], env)
+    assert missing.returncode == 1
+    assert "cannot start" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    (tmp_path / "plainbot.py").write_text(
+        "from line_markread import WebhookHandler\n"
+        "handler = WebhookHandler('s', access_token='t')\n"
+    )
+    plain = subprocess.run(
+        [*cli, "worker", "plainbot:handler"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=WAIT, check=False,
+    )  # fmt: skip
+    assert plain.returncode == 1
+    assert "no queue=PostgresQueue" in plain.stderr
+    no_url = _run([*cli, "queue", "init"], env)
+    assert no_url.returncode == 2
+    assert "DATABASE_URL" in no_url.stderr
+    unreachable = _run(
+        [*cli, "queue", "status", "--database-url",
+         f"postgresql://u:hunter2@/x?host={tmp_path}&port=1"],
+        env,
+    )  # fmt: skip
+    assert unreachable.returncode == 1
+    assert "hunter2" not in unreachable.stderr + unreachable.stdout
