@@ -322,3 +322,39 @@ async def test_a_message_is_marked_when_its_job_starts_not_when_the_webhook_came
         token_of(waiting)
     )
     assert not [r for r in fake.requests if r.path == REPLY_PATH]
+
+
+async def test_workers_prune_old_redelivery_records_and_warn_about_a_chat_that_waits(
+    fake: FakeLinePlatform, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import psycopg  # noqa: PLC0415  # the extra, like the module under test
+
+    queue = PostgresQueue(schema, stalled_after=3, wait_warning=0.5)
+    handler = WebhookHandler(SECRET, configuration=fake.configuration(), queue=queue)
+    gate = asyncio.Event()
+
+    @handler.add(MessageEvent, message=TextMessageContent, background=True)
+    async def on_text(event: Any) -> None:
+        await gate.wait()
+
+    async with await psycopg.AsyncConnection.connect(schema, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO line_markread_accepted VALUES "
+            "('ancient', now() - interval '49 hours'), ('recent', now() - interval '47 hours')"
+        )
+
+        async def kept() -> set[str]:
+            cursor = await conn.execute("SELECT webhook_event_id FROM line_markread_accepted")
+            return {row[0] for row in await cursor.fetchall()}
+
+        user = "U" + "f" * 32
+        await handler.handle_async(*body_of(text_event("stuck", user_id=user)))
+        await handler.handle_async(*body_of(text_event("waits", user_id=user)))
+        caplog.set_level(logging.WARNING)
+        async with worker(handler, queue):
+            await until(lambda: "has waited" in caplog.text, "the wait WARNING")
+            gate.set()
+        remaining = await kept()
+    assert "ancient" not in remaining  # older than the retention (48 h): pruned
+    assert "recent" in remaining
+    assert f"user:{user}" in caplog.text

@@ -135,7 +135,7 @@ class PostgresQueue:
         wait_warning: float = 60.0,
         pool_size: int = 4,
         timeout: float = 1.5,
-        poll_interval: float = 0.1,
+        poll_interval: float = 0.05,
     ) -> None:
         if not isinstance(url, str) or not url:
             raise ValueError("PostgresQueue needs a database URL (e.g. $DATABASE_URL)")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import logging
 import re
 import signal
@@ -136,7 +137,7 @@ class JobRunner:
                 result = await loop.run_in_executor(
                     self.executor, route.call, event, job.destination
                 )
-            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            if inspect.isawaitable(result):
                 await result
         except Exception as e:
             report_error(self.settings, e, event)
@@ -238,16 +239,16 @@ class Maintenance:
             await asyncio.sleep(self.tick)
 
     async def once(self) -> None:
-        await self.recover_stalled()
-        await self.warn_waiting()
         now = time.monotonic()
         if now - self._pruned_at >= PRUNE_EVERY:
-            self._pruned_at = now
             await self.app.connector.execute_query_async(
                 f"DELETE FROM {ACCEPTED_TABLE} WHERE accepted_at < now() - "
                 "make_interval(secs => %(retention)s)",
                 retention=self.queue.retention,
             )
+            self._pruned_at = now
+        await self.recover_stalled()
+        await self.warn_waiting()
 
     async def recover_stalled(self) -> int:
         manager = self.app.job_manager
