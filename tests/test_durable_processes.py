@@ -360,6 +360,24 @@ async def test_sigterm_lets_the_running_job_finish_within_the_grace_and_exits_0(
     assert bots.stop_all() == [0, 0]
 
 
+async def test_sigterm_past_the_grace_hands_the_job_back_and_another_worker_runs_it(
+    bots_factory: Any, fake: FakeLinePlatform, session: aiohttp.ClientSession, database_url: str
+) -> None:
+    bots: Bots = bots_factory(delay=4.0)
+    web = bots.web()
+    worker = bots.worker(grace=0.5)
+    _, events, echoes = conversation(98, 1)
+    assert await post(session, web, body_of(events[0])) == 200
+    await fake.await_requests(1, path=TOKEN_MARK_AS_READ_PATH, timeout=WAIT)
+    worker.send_signal(signal.SIGTERM)  # the handler needs 4 s, the grace is 0.5 s
+    assert await asyncio.to_thread(worker.wait, WAIT) == 0
+    assert [text for kind, text in history(fake) if kind == "reply"] == []
+    assert queue_status(database_url)["depth"] == 1  # handed back, waiting
+    bots.worker(grace=60, concurrency=1)
+    await until_replied(fake, echoes)  # put back, not lost: run again elsewhere
+    assert bots.stop_all() == [0, 0]
+
+
 def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=WAIT, check=False
