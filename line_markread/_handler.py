@@ -240,7 +240,9 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         (not a webhook body) before any request; a handler's exception
         propagates unchanged; a failed mark never raises.  With
         ``settle_before_return=True`` it returns only once the body's marks have
-        settled (or ``settle_timeout`` has passed).
+        settled (or ``settle_timeout`` has passed).  With ``queue=``, the body's
+        background handlers become jobs first; ``QueueUnavailable`` if the queue
+        cannot take them, before anything of the body is marked or run.
         """
         self._markread_marker._check_open()  # the only RuntimeError for a closed handler
         started = time.monotonic()  # the background loop's clock

@@ -12,8 +12,10 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -358,3 +360,35 @@ async def test_workers_prune_old_redelivery_records_and_warn_about_a_chat_that_w
     assert "ancient" not in remaining  # older than the retention (48 h): pruned
     assert "recent" in remaining
     assert f"user:{user}" in caplog.text
+
+
+def test_a_forked_child_queues_on_its_own_connection_and_the_parent_keeps_its_own(
+    schema: str,
+) -> None:
+    queue = PostgresQueue(schema)
+    chat = "user:U" + "9" * 32
+
+    def job(n: int) -> Job:
+        raw = text_event(f"{n}", user_id="U" + "9" * 32)
+        return Job(raw, None, "h", "MessageEvent_TextMessageContent", chat, f"fork-{n}")
+
+    assert queue.defer([job(1)]) == 1  # the parent now keeps an idle connection
+    session = queue._idle_sync._idle[0].info.backend_pid
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a multi-threaded process; that is the point here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        try:
+            queued = queue.defer([job(2)])
+            queue.close()  # as a child does at its shutdown
+            os._exit(0 if queued == 1 else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert queue.defer([job(3)]) == 1
+    # The child neither used nor closed the parent's session: the same one serves on.
+    assert queue._idle_sync._idle[0].info.backend_pid == session
+    assert queue.stats().depth == 3
+    queue.close()

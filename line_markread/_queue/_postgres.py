@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -385,6 +386,7 @@ class Connections:
         self._queue = queue
         self._idle: list[Any] = []
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def _connect(self) -> Any:
         import psycopg  # noqa: PLC0415  # the extra
@@ -395,6 +397,10 @@ class Connections:
         import psycopg  # noqa: PLC0415
 
         with self._lock:
+            if self._pid != os.getpid():
+                # A forked child (gunicorn --preload): the parent's sockets are not ours to
+                # use, nor to close (closing would end the parent's sessions); forget them.
+                self._idle, self._pid = [], os.getpid()
             conn = self._idle.pop() if self._idle else None
         reused = conn is not None
         for _ in range(2):
