@@ -335,7 +335,7 @@ async def test_postgres_restarted_under_load_web_answers_500_worker_reconnects_n
     for _, _, echoes in chats:
         assert list(dict.fromkeys(t for t in replies if t in echoes)) == echoes
     assert set(refused) <= {500, 0}
-    assert "the worker lost the database" in bots.log_of(worker)  # and came back
+    assert worker.poll() is None  # the same worker, reconnected (procrastinate's pool, or ours)
     assert bots.stop_all() == [0, 0]
 
 

@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 10.0
 PRUNE_EVERY = 60.0
+ORPHAN_AFTER = 5.0
+"""Seconds after its task ended that a job still ``doing`` counts as unrecorded."""
+ENDED_KEPT = 100_000
 
 
 class JobFailed(Exception):
@@ -108,8 +111,32 @@ class JobRunner:
             max_workers=concurrency, thread_name_prefix="line-markread-job"
         )
         self.app: procrastinate.App | None = None
+        self.running: set[int] = set()
+        """Ids of the jobs in this runner now."""
+        self.ended: dict[int, float] = {}
+        """Ids of jobs this runner finished lately, and when (monotonic): see ``Maintenance``."""
+        self.worker_ids: set[int] = set()
+        """procrastinate's ids of this process's worker (a new one after each reconnect)."""
 
     async def run(self, context: Any, /, **data: Any) -> None:
+        procrastinate_job = getattr(context, "job", None)
+        job_id = getattr(procrastinate_job, "id", None)
+        worker_id = getattr(procrastinate_job, "worker_id", None)
+        if isinstance(worker_id, int):
+            self.worker_ids.add(worker_id)
+        if not isinstance(job_id, int):
+            await self._run(context, data)
+            return
+        self.running.add(job_id)
+        try:
+            await self._run(context, data)
+        finally:
+            self.running.discard(job_id)
+            self.ended[job_id] = time.monotonic()
+            while len(self.ended) > ENDED_KEPT:  # bounded: the oldest go first
+                del self.ended[next(iter(self.ended))]
+
+    async def _run(self, context: Any, data: Mapping[str, Any]) -> None:
         job = self._job(data)
         event = self._event(job)
         handler = self.handler
@@ -248,7 +275,43 @@ class Maintenance:
             )
             self._pruned_at = now
         await self.recover_stalled()
+        await self.recover_unrecorded()
         await self.warn_waiting()
+
+    async def recover_unrecorded(self) -> int:
+        """Jobs this process finished whose end the database never recorded: run them again.
+
+        procrastinate records a job's end after the task returns; if the database
+        is lost just then, the job stays ``doing`` under this (live, heartbeating)
+        worker, so it is never "stalled" and its chat would wait forever.
+        """
+        now = time.monotonic()
+        runner = self.runner
+        manager = self.app.job_manager
+        recovered = 0
+        for worker_id in list(runner.worker_ids):
+            doing = await manager.list_jobs_async(
+                queue=QUEUE_NAME, status="doing", worker_id=worker_id
+            )
+            for job in doing:
+                ended = None if job.id is None else runner.ended.get(job.id)
+                if job.id in runner.running or ended is None or now - ended < ORPHAN_AFTER:
+                    continue
+                try:
+                    await manager.retry_job(job)
+                except Exception:
+                    continue
+                recovered += 1
+                log.warning(
+                    "line_markread: job %s of %s runs again: its end was not recorded "
+                    "(the database was lost)",
+                    job.id,
+                    job.lock or "?",
+                    extra={"markread_event": "job_unrecorded", "markread_chat": job.lock},
+                )
+        if recovered:
+            await runner.count("stalled_recovered", recovered)
+        return recovered
 
     async def recover_stalled(self) -> int:
         manager = self.app.job_manager
