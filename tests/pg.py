@@ -77,7 +77,10 @@ class PostgresServer:
     def __init__(self) -> None:
         self.bin = find_bin()
         self._owner = _owner()
-        self.root = Path(tempfile.mkdtemp(prefix="line-markread-pg-"))
+        # /tmp: short (a unix socket path has ~100 bytes) and reachable by the server's user,
+        # whatever $TMPDIR says.
+        base = "/tmp" if os.path.isdir("/tmp") else None
+        self.root = Path(tempfile.mkdtemp(prefix="line-markread-pg-", dir=base))
         self.data = self.root / "data"
         self.socket_dir = self.root
         self.log = self.root / "server.log"
