@@ -27,6 +27,7 @@ from line_markread import (
     QueueUnavailable,
     RetryPolicy,
     WebhookHandler,
+    install,
 )
 from line_markread._queue import Job
 from line_markread._queue._postgres import init_schema
@@ -392,3 +393,23 @@ def test_a_forked_child_queues_on_its_own_connection_and_the_parent_keeps_its_ow
     assert queue._idle_sync._idle[0].info.backend_pid == session
     assert queue.stats().depth == 3
     queue.close()
+
+
+def test_install_takes_a_queue_too(fake: FakeLinePlatform, schema: str) -> None:
+    import linebot.v3  # noqa: PLC0415
+
+    sdk_handler = linebot.v3.WebhookHandler(SECRET)
+    queue = PostgresQueue(schema)
+    handler = install(sdk_handler, configuration=fake.configuration(), queue=queue)
+    assert handler.queue is queue
+
+    @handler.add(MessageEvent, message=TextMessageContent, background=True)
+    def on_text(event: Any) -> None:
+        raise AssertionError("run by a worker, not here")
+
+    handler.handle(*body_of(text_event("durable")))
+    assert queue.stats().deferred == 1
+    assert fake.requests == []
+    handler.close()
+    with pytest.raises(TypeError, match="durable queue"):
+        WebhookHandler(SECRET, access_token="t", queue="postgresql://nope")  # type: ignore[arg-type]
