@@ -13,6 +13,8 @@ import collections
 import contextlib
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -413,3 +415,19 @@ def test_install_takes_a_queue_too(fake: FakeLinePlatform, schema: str) -> None:
     handler.close()
     with pytest.raises(TypeError, match="durable queue"):
         WebhookHandler(SECRET, access_token="t", queue="postgresql://nope")  # type: ignore[arg-type]
+
+
+def test_without_the_extra_the_queue_says_which_to_install() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['procrastinate'] = None\n"
+        "from line_markread import PostgresQueue\n"
+        "try:\n"
+        "    PostgresQueue('postgresql://u:pw@h/db')\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "line-markread[postgres]" in result.stdout

@@ -158,7 +158,14 @@ class PostgresQueue:
             self._retry[handler_name(func)] = (
                 policy if isinstance(policy, RetryPolicy) else RetryPolicy(attempts=policy)
             )
-        import procrastinate  # noqa: PLC0415  # the extra, loaded only by its users
+        try:
+            import procrastinate  # noqa: PLC0415  # the extra, loaded only by its users
+            import psycopg  # noqa: F401, PLC0415  # (checked here, used on first defer)
+        except ImportError as e:
+            raise ImportError(
+                "PostgresQueue needs the 'postgres' extra: pip install 'line-markread[postgres]' "
+                f"(procrastinate and psycopg; {e})"
+            ) from None
 
         self.app: procrastinate.App = procrastinate.App(
             connector=procrastinate.PsycopgConnector(conninfo=url)
