@@ -271,7 +271,7 @@ async def test_a_worker_killed_mid_handler_its_jobs_run_on_another_in_chat_order
 ) -> None:
     bots: Bots = bots_factory(delay=1.0)
     web = bots.web()
-    doomed = bots.worker(concurrency=2, stalled_after=4)
+    doomed = bots.worker(concurrency=2, stalled_after=8)
     chats = [conversation(n, 3) for n in range(4)]
 
     async def chat(events: list[dict[str, Any]]) -> None:
@@ -283,7 +283,7 @@ async def test_a_worker_killed_mid_handler_its_jobs_run_on_another_in_chat_order
     doomed.kill()  # kill -9, mid-handler (each takes 1 s)
     doomed.wait()
     killed_at = time.monotonic()
-    bots.worker(concurrency=2, stalled_after=4)
+    bots.worker(concurrency=2, stalled_after=8)
     await until_replied(fake, [echo for _, _, echoes in chats for echo in echoes])
     recovered_within = time.monotonic() - killed_at
     seen = history(fake)
@@ -306,7 +306,7 @@ async def test_postgres_restarted_under_load_web_answers_500_worker_reconnects_n
 ) -> None:
     bots: Bots = bots_factory(delay=0.0)
     web = bots.web()
-    worker = bots.worker(stalled_after=4)
+    worker = bots.worker(stalled_after=8)
     chats = [conversation(n, 8) for n in range(6)]
     refused: list[int] = []
     outage = asyncio.Event()
