@@ -250,7 +250,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         jobs = None
         if self._markread_queue is not None and self._markread_background:
             # Durable: the background steps become jobs, run by a worker (async ones too).
-            plan, jobs = split(plan)
+            plan, jobs = _split(plan)
         for step in plan.steps:
             if step.route is not None and step.route.is_async:
                 raise TypeError(
@@ -282,7 +282,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         started = asyncio.get_running_loop().time()
         plan = self._plan(body, signature)
         if self._markread_queue is not None and self._markread_background:
-            plan, jobs = split(plan)  # as in handle(): jobs first, then the marks
+            plan, jobs = _split(plan)  # as in handle(): jobs first, then the marks
             await self._markread_queue.adefer(jobs)
         marker = self._markread_marker
         loop = asyncio.get_running_loop()
@@ -614,7 +614,7 @@ def _check_queue(queue: object) -> None:
         )
 
 
-def split(plan: Plan) -> tuple[Plan, list[Any]]:
+def _split(plan: Plan) -> tuple[Plan, list[Any]]:
     """``_queue._handoff.split``, loaded only by bots with a queue."""
     from ._queue._handoff import split as split_plan  # noqa: PLC0415
 
