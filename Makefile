@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest test-sdk-floor bench soak clean chromium screenshot
+.PHONY: demo test lint typecheck pytest test-sdk-floor bench soak clean chromium screenshot \
+        postgres-server
 
 # The oldest line-bot-sdk pyproject.toml declares, and a second environment holding it.
 SDK_FLOOR    := $(shell sed -n 's/^ *"line-bot-sdk>=\([0-9.]*\)".*/\1/p' pyproject.toml)
@@ -60,8 +61,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) chromium
+pytest: $(STAMP) chromium postgres-server
 	$(BIN)/pytest
+
+## make postgres-server: the PostgreSQL server binaries the durable-queue tests start (tests/pg.py)
+# Debian's package where they are missing and we are root; otherwise a clear failure, never a skip.
+PG_INITDB := $(or $(LINE_MARKREAD_PG_BIN:%=%/initdb),$(lastword $(sort $(wildcard /usr/lib/postgresql/*/bin/initdb))),$(shell command -v initdb 2>/dev/null))
+postgres-server:
+	@if [ -n '$(PG_INITDB)' ] && [ -x '$(PG_INITDB)' ]; then echo 'PostgreSQL server: $(PG_INITDB)'; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo 'PostgreSQL server binaries missing: installing Debian package postgresql'; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo 'The tests need the PostgreSQL server binaries (initdb, postgres): install the' \
+		"'postgresql' package (Debian/Ubuntu: apt-get install postgresql) or set" \
+		'LINE_MARKREAD_PG_BIN to the folder holding them.' >&2; exit 1; fi
 
 ## make test-sdk-floor: the core tests again, against the oldest line-bot-sdk declared
 test-sdk-floor: $(FLOOR_STAMP)

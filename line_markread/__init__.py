@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from ._marker import Marker
     from ._once import MemoryOnceStore, OnceStore
     from ._outcome import MarkFailure, Outcome
+    from ._queue import QueueStats, QueueUnavailable
+    from ._queue._postgres import PostgresQueue, RetryPolicy
     from ._read_first import read_first
     from ._reply import Delivery, ReplyResult
     from ._retry import is_testing, set_testing
@@ -41,7 +43,11 @@ __all__ = [
     "MemoryOnceStore",
     "OnceStore",
     "Outcome",
+    "PostgresQueue",
+    "QueueStats",
+    "QueueUnavailable",
     "ReplyResult",
+    "RetryPolicy",
     "Settings",
     "Stats",
     "WebhookBodyError",
@@ -63,7 +69,11 @@ _LAZY = {
     "MemoryOnceStore": "._once",
     "OnceStore": "._once",
     "Outcome": "._outcome",
+    "PostgresQueue": "._queue._postgres",
+    "QueueStats": "._queue",
+    "QueueUnavailable": "._queue",
     "ReplyResult": "._reply",
+    "RetryPolicy": "._queue._postgres",
     "Settings": "._settings",
     "Stats": "._stats",
     "WebhookBodyError": "._body",

@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import linebot.v3
 
@@ -56,6 +56,9 @@ from ._reply import (
 )
 from ._settings import Settings
 from ._stats import Stats
+
+if TYPE_CHECKING:
+    from ._queue import Backend
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,11 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     (Flask) and ``await handle_async()`` from async ones (aiohttp, FastAPI),
     where handlers may be ``async def``.
 
+    ``queue=`` (a ``PostgresQueue``, or another durable ``Backend``) makes
+    ``background=True`` handlers durable: their events become jobs in the
+    queue before the webhook is answered, and ``line-markread worker``
+    processes run them (see the README's "Durable background handlers").
+
     ``once_store=``: where "this event was handled" and "this answer was
     delivered" are remembered (default: a ``MemoryOnceStore`` of this
     process).  ``reply_window=``: seconds after the webhook during which
@@ -118,6 +126,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         *,
         access_token: str | None = None,
         configuration: Any = None,
+        queue: Backend | None = None,
         once_store: OnceStore | None = None,
         reply_window: float = DEFAULT_REPLY_WINDOW,
         **options: Any,
@@ -125,6 +134,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         super().__init__(channel_secret, skip_signature_verification)
         self._install_markread(
             Marker(access_token=access_token, configuration=configuration, **options),
+            queue,
             once_store,
             reply_window,
         )
@@ -132,9 +142,13 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     def _install_markread(
         self,
         marker: Marker,
+        queue: Backend | None = None,
         once_store: OnceStore | None = None,
         reply_window: float = DEFAULT_REPLY_WINDOW,
     ) -> None:
+        if queue is not None:
+            _check_queue(queue)
+        self._markread_queue = queue
         # Attribute names are prefixed so they cannot clash with the SDK's own.
         self._markread_marker = marker
         self._markread_routes: dict[str, Route] = {}
@@ -306,6 +320,11 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         self._markread_answers.arrived([step.raw for step in plan.steps])
         return plan
 
+    @property
+    def queue(self) -> Backend | None:
+        """The durable queue ``background=True`` handlers go to, or ``None`` (in-process pool)."""
+        return self._markread_queue
+
     def handle(self, body: str | bytes, signature: str) -> None:
         """Verify, mark every message read, and run the handlers: for sync frameworks.
 
@@ -316,17 +335,28 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         gave up before this body's ``background=True`` handler could be
         queued) fail the webhook so that LINE redelivers it.  With
         ``settle_before_return=True`` it returns only once the body's marks have
-        settled (or ``settle_timeout`` has passed).
+        settled (or ``settle_timeout`` has passed).  With ``queue=``, the body's
+        background handlers become jobs first; ``QueueUnavailable`` if the queue
+        cannot take them, before anything of the body is marked or run.
         """
         self._markread_marker._check_open()  # the only RuntimeError for a closed handler
         started = time.monotonic()  # the background loop's clock
         plan = self._plan(body, signature)
+        jobs = None
+        if self._markread_queue is not None and self._markread_background:
+            # Durable: the background steps become jobs, run by a worker (async ones too).
+            plan, jobs = _split(plan)
         for step in plan.steps:
             if step.route is not None and step.route.is_async:
                 raise TypeError(
                     f"handler {step.route.func!r} is a coroutine function: "
                     "call 'await handler.handle_async(body, signature)' from async code"
                 )
+        if jobs:
+            # In one transaction, before anything is marked: QueueUnavailable leaves the
+            # whole body untouched (the framework answers 500, LINE redelivers).
+            assert self._markread_queue is not None
+            self._markread_queue.defer(jobs)
         marker = self._markread_marker
         reservation = self._reserve(plan, None) if self._markread_background else None
         try:
@@ -351,6 +381,9 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         self._markread_marker._check_open()  # the only RuntimeError for a closed handler
         started = asyncio.get_running_loop().time()
         plan = self._plan(body, signature)
+        if self._markread_queue is not None and self._markread_background:
+            plan, jobs = _split(plan)  # as in handle(): jobs first, then the marks
+            await self._markread_queue.adefer(jobs)
         marker = self._markread_marker
         loop = asyncio.get_running_loop()
         reservation = self._reserve(plan, loop) if self._markread_background else None
@@ -774,6 +807,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                 pool.end_if_loop_closed()
         self._markread_loader.stop_all()
         self._markread_marker.close(grace)
+        if self._markread_queue is not None:
+            self._markread_queue.close()
 
     async def aclose(self, grace: float | None = None) -> None:
         """Async twin of ``close()``."""
@@ -795,6 +830,8 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             await asyncio.gather(*closing)
         self._markread_loader.stop_all()
         await self._markread_marker.aclose(grace)
+        if self._markread_queue is not None:
+            await self._markread_queue.aclose()
 
     def __enter__(self) -> WebhookHandler:
         return self
@@ -822,6 +859,22 @@ def _refuse_background(plan: Plan) -> None:
             )
 
 
+def _check_queue(queue: object) -> None:
+    from ._queue import Backend  # noqa: PLC0415  # only bots with a queue load it
+
+    if not isinstance(queue, Backend):
+        raise TypeError(
+            f"queue must be a durable queue such as line_markread.PostgresQueue, got {queue!r}"
+        )
+
+
+def _split(plan: Plan) -> tuple[Plan, list[Any]]:
+    """``_queue._handoff.split``, loaded only by bots with a queue."""
+    from ._queue._handoff import split as split_plan  # noqa: PLC0415
+
+    return split_plan(plan)
+
+
 def _manual_seconds(seconds: object) -> int:
     value = validate_loading(seconds)
     if not value:
@@ -846,6 +899,7 @@ def install(
     *,
     access_token: str | None = None,
     configuration: Any = None,
+    queue: Backend | None = None,
     once_store: OnceStore | None = None,
     reply_window: float = DEFAULT_REPLY_WINDOW,
     **options: Any,
@@ -870,7 +924,7 @@ def install(
     default = getattr(handler, "_default", None)
     handler.__class__ = _marking_class(type(handler))
     upgraded: WebhookHandler = handler
-    upgraded._install_markread(marker, once_store, reply_window)
+    upgraded._install_markread(marker, queue, once_store, reply_window)
     for key, func in existing.items():
         upgraded._markread_routes[key] = upgraded._markread_route(func, None)
     if default is not None:

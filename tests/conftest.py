@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -8,6 +10,7 @@ import pytest
 from line_markread import WebhookHandler, set_testing
 from line_markread.testing import FakeLinePlatform
 
+from .pg import PostgresServer
 from .support import SECRET, AsyncDriver, Driver, HandlerFactory, SyncDriver
 
 
@@ -60,3 +63,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def soak(request: pytest.FixtureRequest) -> bool:
     """Whether the soak tests run at full size (``--soak``)."""
     return bool(request.config.getoption("--soak"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (tests/pg.py); fails, never skips, without one."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def database_url(postgres: PostgresServer) -> str:
+    """A fresh, empty database on the session's server, as a ``DATABASE_URL``."""
+    return postgres.create_database(f"t{os.getpid()}_{next(_databases)}")

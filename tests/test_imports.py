@@ -57,11 +57,43 @@ def test_importing_loads_neither_the_sdk_nor_aiohttp(code: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["--version"], ["demo", "--help"], ["check", "--help"]]
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["demo", "--help"],
+        ["check", "--help"],
+        ["worker", "--help"],
+        ["queue", "--help"],
+    ],
 )
 def test_command_line_help_loads_neither_the_sdk_nor_aiohttp(argv: list[str]) -> None:
     code = f"from line_markread._cli import main\nassert main({argv!r}) == 0\n"
     assert _heavy_modules_after(code) == []
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import line_markread",
+        "from line_markread import WebhookHandler\nWebhookHandler('s', access_token='t')",
+        "from line_markread._cli import main\nassert main(['worker', '--help']) == 0",
+    ],
+)
+def test_the_queue_extra_loads_only_for_bots_that_use_it(code: str) -> None:
+    """procrastinate and psycopg (``line_markread[postgres]``) load with ``PostgresQueue`` only."""
+    report = (
+        "\nimport sys\nprint('DB:' + ','.join(sorted({n.split('.')[0] for n in sys.modules}"
+        " & {'procrastinate', 'psycopg', 'psycopg_pool'})), file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code + report],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert next(x for x in result.stderr.splitlines() if x.startswith("DB:")) == "DB:"
 
 
 def test_using_a_name_loads_what_it_needs() -> None:

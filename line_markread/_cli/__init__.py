@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Mark LINE messages read before your bot replies: demo and account check.",
+        description="Mark LINE messages read before your bot replies: demo, account check, "
+        "and the durable queue's worker.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -106,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the mode= your handler passes to line_markread (default: auto); "
         "'user' (the legacy user-ID mark-as-read API) gets a warning",
     )
+
+    from . import queue, worker  # noqa: PLC0415  # argparse only; the queue loads when run
+
+    worker.add_parser(commands)
+    queue.add_parser(commands)
     return parser
 
 
@@ -140,6 +146,10 @@ def _silence_stdout() -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return _demo(as_json=args.json, seed=args.seed, html_path=args.html)
+    if args.command in ("worker", "queue"):
+        from . import queue, worker  # noqa: PLC0415  # loaded only for these commands
+
+        return worker.run(args) if args.command == "worker" else queue.run(args)
     from .check import run  # noqa: PLC0415  # loaded only for this command
 
     return int(
