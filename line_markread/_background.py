@@ -52,6 +52,7 @@ from typing import Any, Generic, TypeVar
 
 from ._settings import Settings
 from ._stats import Counters, Stats
+from ._threads import start_daemon
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,7 @@ class DaemonThreads:
                 return  # a busy thread takes it when its call returns
             self._threads += 1
         try:
-            threading.Thread(target=self._serve, name=self._name, daemon=True).start()
+            start_daemon(self._serve, name=self._name)
         except RuntimeError:  # interpreter exit: a running thread takes the call instead
             with self._ready:
                 self._threads -= 1

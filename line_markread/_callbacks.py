@@ -26,6 +26,8 @@ import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
+from ._threads import start_daemon
+
 log = logging.getLogger(__name__)
 
 CALLBACK_QUEUE = 1000
@@ -73,11 +75,8 @@ class CallbackThread:
                 # A forked child has the queue's items but not the thread: start afresh.
                 self._queue = queue.Queue(CALLBACK_QUEUE)
                 self._overflowing = False
-                self._thread = threading.Thread(
-                    target=_serve, args=(self._queue,), name=self._name, daemon=True
-                )
                 self._pid = os.getpid()
-                self._thread.start()
+                self._thread = start_daemon(_serve, self._queue, name=self._name)
             try:
                 self._queue.put_nowait((func, argument))
             except queue.Full:

@@ -29,6 +29,8 @@ import weakref
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from ._threads import start_daemon
+
 T = TypeVar("T")
 
 _ABANDONED: list[object] = []
@@ -128,8 +130,7 @@ class LoopThread:
             finally:
                 loop.close()
 
-        thread = threading.Thread(target=serve, name=self._name, daemon=True)
-        thread.start()
+        thread = start_daemon(serve, name=self._name)
         ready.wait()
         self._loop, self._thread, self._pid = loop, thread, os.getpid()
         self._selector = selector

@@ -33,6 +33,7 @@ from ._dispatch import MarkPolicy, Route, decide, validate_policy
 from ._http import HOST_VARIABLE, Credentials
 from ._loading import validate_loading
 from ._marker import Marker
+from ._threads import start_daemon
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +127,7 @@ def _retire(credentials: Credentials) -> None:
 def _close_later(marker: Marker) -> None:
     """Close *marker* on a thread of its own: closing drains, and the caller may be a loop."""
     _closers[:] = [t for t in _closers if t.is_alive()]
-    closer = threading.Thread(
-        target=_close_quietly, args=(marker,), name="line_markread-retire", daemon=True
-    )
-    _closers.append(closer)
-    closer.start()
+    _closers.append(start_daemon(_close_quietly, marker, name="line_markread-retire"))
 
 
 def _close_quietly(marker: Marker) -> None:

@@ -18,8 +18,15 @@ import threading
 from pathlib import Path
 
 import pytest
+from linebot.v3.webhooks import MessageEvent, TextMessageContent
 
-from line_markread.testing import TOKEN_MARK_AS_READ_PATH, FakeLinePlatform
+from line_markread import WebhookHandler
+from line_markread.testing import (
+    TOKEN_MARK_AS_READ_PATH,
+    FakeLinePlatform,
+    signed_body,
+    text_event,
+)
 
 EXIT_BOUND = 60.0
 """Seconds a bot process may take to exit once told to: generous, the machine is loaded."""
@@ -39,19 +46,23 @@ SYNC_BOT = textwrap.dedent(
     handler = WebhookHandler("secret", configuration=config, background_grace=grace)
     never = threading.Event()
 
+    def say(line):  # one write per line: print() writes its parts apart, and threads interleave
+        sys.stdout.write(line + "\\n")
+        sys.stdout.flush()
+
     @handler.add(MessageEvent, message=TextMessageContent, background=True)
     def on_text(event):
-        print("start", event.message.text, flush=True)
+        say(f"start {event.message.text}")
         if stuck and event.message.text == "m0":
             never.wait()
         time.sleep(0.05)
-        print("end", event.message.text, flush=True)
+        say(f"end {event.message.text}")
 
     if how == "sigterm":
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # as gunicorn's workers
     events = [text_event(f"m{i}", user_id="U1") for i in range(4)]
     handler.handle(*signed_body(*events, channel_secret="secret"))
-    print("handled", flush=True)
+    say("handled")
     if how == "close":
         handler.close()
     elif how in ("sigterm", "sigint", "sigint-twice"):
@@ -233,3 +244,44 @@ def test_a_second_ctrl_c_stops_the_drain_at_exit_waiting(
     (warning,) = [line for line in stderr.splitlines() if line.startswith("WARNING")]
     assert "abandoned 4 background handler(s): 3 never started, 1 still running" in warning
     assert fake.access_token not in stderr
+
+
+def _blocked_signals(thread: threading.Thread) -> set[int]:
+    """The signals *thread* blocks, from the kernel's own record (``SigBlk``)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    (mask,) = [line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")]
+    bits = int(mask, 16)
+    return {number for number in range(1, 65) if bits >> (number - 1) & 1}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_every_thread_the_plugin_starts_leaves_the_stop_signals_to_the_main_thread(
+    fake: FakeLinePlatform,
+) -> None:
+    """Linux gives a process's SIGTERM or SIGINT to any thread not blocking it; Python runs the
+    handler in the main thread only once that thread wakes. A sync bot's main thread waiting on
+    a lock is not woken when the kernel chose a plugin thread, and the bot does not stop."""
+    before = set(threading.enumerate())
+    handler = WebhookHandler(
+        "secret", configuration=fake.configuration(), on_failure=lambda failure: None
+    )
+    ran = threading.Event()
+
+    @handler.add(MessageEvent, message=TextMessageContent, background=True)
+    def on_text(event: object) -> None:
+        ran.set()
+
+    fake.reject_token("rejected")  # a failure, so the on_failure thread starts too
+    rejected = text_event("no", user_id="U2", token="rejected")
+    handler.handle(*signed_body(text_event("hi", user_id="U1"), rejected, channel_secret="secret"))
+    assert ran.wait(30)
+    handler.marker.flush()
+    started = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    try:
+        assert len(started) >= 3, started  # the loop, a background thread, on_failure's
+        for thread in started:
+            blocked = _blocked_signals(thread)
+            assert {signal.SIGINT, signal.SIGTERM, signal.SIGHUP} <= blocked, thread.name
+        assert signal.SIGINT not in _blocked_signals(threading.main_thread())
+    finally:
+        handler.close()

@@ -28,6 +28,7 @@ import attrs
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .._threads import start_daemon
 from ._endpoints import (
     BOT_INFO_PATH,
     JSON,
@@ -142,10 +143,7 @@ class FakeLinePlatform:
             if self._loop is not None:
                 raise RuntimeError("FakeLinePlatform is already running")
             loop = asyncio.new_event_loop()
-            thread = threading.Thread(
-                target=_run_loop, args=(loop,), name="FakeLinePlatform", daemon=True
-            )
-            thread.start()
+            thread = start_daemon(_run_loop, loop, name="FakeLinePlatform")
             try:
                 self._port = asyncio.run_coroutine_threadsafe(self._serve(), loop).result()
             except BaseException:
