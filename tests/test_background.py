@@ -356,9 +356,8 @@ def test_close_reports_what_it_abandoned_after_the_grace(
     handler.add(MessageEvent, message=TextMessageContent, background=True)(
         handler_for(driver, journal, lambda text: release.wait(10))
     )
-    driver.handle(
-        handler, *body(text_event("y1", user_id=USER_A), text_event("y2", user_id=USER_A))
-    )
+    y1, y2 = text_event("y1", user_id=USER_A), text_event("y2", user_id=USER_A)
+    driver.handle(handler, *body(y1, y2))
     journal.wait_for(1, "start")
     with caplog.at_level(logging.WARNING, logger="line_markread"):
         driver.close(handler)
@@ -366,6 +365,8 @@ def test_close_reports_what_it_abandoned_after_the_grace(
     assert "abandoned 2 background handler(s)" in caplog.text
     assert "1 never started, 1 still running" in caplog.text
     assert journal.order("start") == ["y1"]
+    # The job that never started never marked its message: it stays unread.
+    assert sent_tokens(fake) == [token(y1)]
     stats = handler.stats()
     assert (stats.background_abandoned, stats.background_pending) == (2, 0)
 
