@@ -196,6 +196,28 @@ class Plan:
                 )
 
 
+def hold_background_marks(plan: Plan) -> tuple[Plan, tuple[ReadTarget | None, ...]]:
+    """The plan without its ``background=True`` steps' read targets, and those targets.
+
+    "Read" means the bot has picked the message up: a background step's message
+    is marked when its job starts in its chat's lane (in the in-process pool, as
+    a durable worker does), not when the webhook arrives; the body's other
+    steps are marked at once, as before.  The second value has one entry per
+    step: the target its job marks, or ``None``.
+    """
+    held = tuple(
+        target if step.route is not None and step.route.background else None
+        for step, target in zip(plan.steps, plan.targets, strict=True)
+    )
+    if not any(held):
+        return plan, held
+    kept = tuple(
+        None if hold is not None else target
+        for target, hold in zip(plan.targets, held, strict=True)
+    )
+    return attrs.evolve(plan, targets=kept), held
+
+
 def _verified_route(
     event: Any,
     predicted: Prediction | None,

@@ -31,10 +31,12 @@ from ._background import (
 from ._body import parse_body
 from ._chat import Ticket
 from ._dispatch import (
+    Decision,
     MarkPolicy,
     Plan,
     Route,
     Step,
+    hold_background_marks,
     plan_body,
     route_key,
     validate_background,
@@ -56,6 +58,7 @@ from ._reply import (
 )
 from ._settings import Settings
 from ._stats import Stats
+from ._targets import ReadTarget
 
 if TYPE_CHECKING:
     from ._queue import Backend
@@ -358,6 +361,10 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             assert self._markread_queue is not None
             self._markread_queue.defer(jobs)
         marker = self._markread_marker
+        held = None
+        if self._markread_background:
+            # In-process background steps are marked when their job starts ("picked up").
+            plan, held = hold_background_marks(plan)
         reservation = self._reserve(plan, None) if self._markread_background else None
         try:
             ticket = marker._submit(plan.targets, skipped=plan.skipped, opted_out=plan.opted_out)
@@ -369,7 +376,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             raise
         loading = self._begin_loading(plan, ticket, started)
         try:
-            self._run_steps(plan, ticket, reservation, loading)
+            self._run_steps(plan, ticket, reservation, loading, held)
         finally:
             if loading is not None:
                 loading.stop_all()
@@ -386,6 +393,9 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             await self._markread_queue.adefer(jobs)
         marker = self._markread_marker
         loop = asyncio.get_running_loop()
+        held = None
+        if self._markread_background:
+            plan, held = hold_background_marks(plan)  # as in handle(): marked at job start
         reservation = self._reserve(plan, loop) if self._markread_background else None
         try:
             ticket = await marker._asubmit(
@@ -404,7 +414,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             raise
         loading = self._abegin_loading(plan, ticket, started)
         try:
-            await self._arun_steps(plan, ticket, reservation, loading)
+            await self._arun_steps(plan, ticket, reservation, loading, held)
         finally:
             if loading is not None:
                 loading.stop_all()
@@ -434,10 +444,13 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         ticket: BlockingTicket,
         reservation: Reservation | None,
         loading: BodyLoading | None = None,
+        held: tuple[ReadTarget | None, ...] | None = None,
     ) -> None:
+        """The body's steps in order; *held*: the read targets left to each step's job."""
         try:
             for index, step in enumerate(plan.steps):
                 route = step.route
+                hold = None if held is None else held[index]
                 if route is None:
                     log.info("No handler for %s and no default handler", type(step.event).__name__)
                     continue
@@ -446,14 +459,57 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                         reservation = self._reserve_count(1, None)
                     pool = reservation.pool
                     assert isinstance(pool, ThreadPool)
-                    job = functools.partial(self._run_step, plan.destination, ticket, index, step)
+                    job = functools.partial(
+                        self._run_picked_up, plan.destination, ticket, index, step, hold
+                    )
                     pool.put(reservation, job, step.event)  # BackgroundClosed: the webhook fails
                     continue
-                self._run_step(plan.destination, ticket, index, step, loading=loading)
+                # A held mark here: the step was routed anew away from background (rare).
+                self._run_picked_up(plan.destination, ticket, index, step, hold, loading=loading)
         finally:
             # Room a re-routed step, or a step after a handler that raised, did not use.
             if reservation is not None:
                 reservation.cancel()
+
+    def _run_picked_up(
+        self,
+        destination: str | None,
+        ticket: BlockingTicket,
+        index: int,
+        step: Step,
+        hold: ReadTarget | None,
+        *,
+        loading: BodyLoading | None = None,
+    ) -> None:
+        """A step whose mark was held (a background job starting): mark it, then the step."""
+        if hold is not None:
+            self._mark_picked_up(step.event, step.decision)
+        self._run_step(destination, ticket, index, step, loading=loading)
+
+    def _mark_picked_up(self, event: Any, decision: Decision) -> None:
+        """Blocking twin of ``_amark_picked_up``, from a pool thread."""
+        if decision is False:
+            return
+        try:
+            self._markread_marker.mark([event], wait=decision is True)
+        except RuntimeError:  # closed meanwhile: the handler runs all the same, unmarked
+            log.warning("line_markread: closed before a background handler's mark; not marked")
+
+    async def _amark_picked_up(self, event: Any, decision: Decision) -> None:
+        """A background job's first act, in the pool as in a durable worker: mark its message.
+
+        "Read" means the bot has picked the message up.  Through the handler's
+        ``Marker`` (the engine's retries, budget, auth latch, coalescing per
+        chat), waiting like an inline step (at most ``wait_timeout``) when the
+        route's decision is ``True``, not at all for ``"nowait"``; ``False``
+        marks nothing.  A failed mark never stops the handler.
+        """
+        if decision is False:
+            return
+        try:
+            await self._markread_marker.amark([event], wait=decision is True)
+        except RuntimeError:  # closed meanwhile: the handler runs all the same, unmarked
+            log.warning("line_markread: closed before a background handler's mark; not marked")
 
     def _run_step(
         self,
@@ -500,10 +556,13 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         ticket: Ticket,
         reservation: Reservation | None,
         loading: BodyLoading | None = None,
+        held: tuple[ReadTarget | None, ...] | None = None,
     ) -> None:
+        """``_run_steps`` on the loop."""
         try:
             for index, step in enumerate(plan.steps):
                 route = step.route
+                hold = None if held is None else held[index]
                 if route is None:
                     log.info("No handler for %s and no default handler", type(step.event).__name__)
                     continue
@@ -514,10 +573,18 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
                     assert isinstance(pool, TaskPool)
                     threads = None if route.is_async else pool
                     job = functools.partial(
-                        self._arun_step, plan.destination, ticket, index, step, threads
+                        self._arun_picked_up,
+                        plan.destination,
+                        ticket,
+                        index,
+                        step,
+                        threads,
+                        hold=hold,
                     )
                     pool.put(reservation, job, step.event)  # BackgroundClosed: the webhook fails
                     continue
+                if hold is not None:  # routed anew away from background (rare)
+                    await self._amark_picked_up(step.event, step.decision)
                 answers = self._markread_answers
                 if route.loading or not answers.nonblocking:
                     await self._arun_step(
@@ -543,6 +610,21 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             # Room a re-routed step, or a step after a handler that raised, did not use.
             if reservation is not None:
                 reservation.cancel()
+
+    async def _arun_picked_up(
+        self,
+        destination: str | None,
+        ticket: Ticket,
+        index: int,
+        step: Step,
+        threads: TaskPool | None,
+        *,
+        hold: ReadTarget | None,
+    ) -> None:
+        """``_run_picked_up`` on the loop: a background job marks its message, then runs."""
+        if hold is not None:
+            await self._amark_picked_up(step.event, step.decision)
+        await self._arun_step(destination, ticket, index, step, threads)
 
     async def _arun_step(
         self,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from linebot.v3.webhooks import MessageEvent, TextMessageContent
+from linebot.v3.webhooks import MessageEvent, StickerMessageContent, TextMessageContent
 
 from line_markread import BackgroundClosed, BackgroundFull, WebhookHandler
 from line_markread._background import DaemonThreads, Lanes, Reservation, ThreadPool
@@ -25,10 +25,11 @@ from line_markread.testing import (
     Fault,
     follow_event,
     signed_body,
+    sticker_event,
     text_event,
 )
 
-from .support import SECRET, AsyncDriver, Driver, HandlerFactory
+from .support import SECRET, AsyncDriver, Driver, HandlerFactory, sent_tokens
 
 USER_A = "U" + "a" * 32
 USER_B = "U" + "b" * 32
@@ -355,9 +356,8 @@ def test_close_reports_what_it_abandoned_after_the_grace(
     handler.add(MessageEvent, message=TextMessageContent, background=True)(
         handler_for(driver, journal, lambda text: release.wait(10))
     )
-    driver.handle(
-        handler, *body(text_event("y1", user_id=USER_A), text_event("y2", user_id=USER_A))
-    )
+    y1, y2 = text_event("y1", user_id=USER_A), text_event("y2", user_id=USER_A)
+    driver.handle(handler, *body(y1, y2))
     journal.wait_for(1, "start")
     with caplog.at_level(logging.WARNING, logger="line_markread"):
         driver.close(handler)
@@ -365,6 +365,8 @@ def test_close_reports_what_it_abandoned_after_the_grace(
     assert "abandoned 2 background handler(s)" in caplog.text
     assert "1 never started, 1 still running" in caplog.text
     assert journal.order("start") == ["y1"]
+    # The job that never started never marked its message: it stays unread.
+    assert sent_tokens(fake) == [token(y1)]
     stats = handler.stats()
     assert (stats.background_abandoned, stats.background_pending) == (2, 0)
 
@@ -722,3 +724,79 @@ def test_queued_calls_still_run_when_no_new_thread_may_start(
     done.wait_for(4)
     assert done.order("end") == ["first", "0", "1", "2"]
     threads.stop()
+
+
+# -- "Read" means the bot has picked the message up ----------------------------
+
+
+def marks(fake: FakeLinePlatform, count: int) -> dict[str, Any]:
+    """The fake's answered marks (at least *count*), by the text of the message they mark."""
+    records = fake.wait_for_requests(count, path=TOKEN_MARK_AS_READ_PATH, timeout=10.0)
+    return {r.json["markAsReadToken"]: r for r in records}  # type: ignore[index]  # JSON object
+
+
+def token(event: dict[str, Any]) -> str:
+    value = event["message"]["markAsReadToken"]
+    assert isinstance(value, str)
+    return value
+
+
+def test_a_queued_background_message_is_marked_read_only_when_its_turn_comes(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler(wait_timeout=5.0)
+    journal = Journal()
+    release = threading.Event()
+    handler.add(MessageEvent, message=TextMessageContent, background=True)(
+        handler_for(driver, journal, lambda text: text == "first" and release.wait(10))
+    )
+    first = text_event("first", user_id=USER_A)
+    second = text_event("second", user_id=USER_A)
+    driver.handle(handler, *body(first))
+    driver.handle(handler, *body(second))  # answered while the first handler still runs
+    journal.wait_for(1, "start")
+    first_mark = marks(fake, 1)[token(first)]
+    # The second message waits in its chat's lane: nothing marks it yet ("Read" = picked up).
+    assert token(second) not in sent_tokens(fake)
+    release.set()
+    journal.wait_for(2)
+    second_mark = marks(fake, 2)[token(second)]
+    assert sent_tokens(fake) == [token(first), token(second)]
+    assert first_mark.responded_at <= journal.when("start", "first")
+    assert journal.when("end", "first") <= second_mark.received_at
+    assert second_mark.responded_at <= journal.when("start", "second")
+    driver.close(handler)
+
+
+def test_inline_steps_are_marked_before_handle_returns_background_ones_when_their_job_starts(
+    fake: FakeLinePlatform, driver: Driver, new_handler: HandlerFactory
+) -> None:
+    handler = new_handler(wait_timeout=5.0)
+    journal = Journal()
+    release = threading.Event()
+    handler.add(MessageEvent, message=TextMessageContent, background=True)(
+        handler_for(driver, journal, lambda text: text == "slow" and release.wait(10))
+    )
+    inline_ran = threading.Event()
+
+    def on_sticker(event: Any) -> None:
+        inline_ran.set()
+
+    handler.add(MessageEvent, message=StickerMessageContent)(on_sticker)
+    slow = text_event("slow", user_id=USER_A)
+    queued = text_event("queued", user_id=USER_A)
+    driver.handle(handler, *body(slow))
+    journal.wait_for(1, "start")
+    sticker = sticker_event(user_id=USER_B)
+    driver.handle(handler, *body(queued, sticker))
+    returned = time.monotonic()
+    assert inline_ran.is_set()
+    sticker_mark = marks(fake, 2)[token(sticker)]
+    assert sticker_mark.responded_at <= returned  # the inline step waited for its mark
+    assert token(queued) not in sent_tokens(fake)
+    release.set()
+    journal.wait_for(2)
+    queued_mark = marks(fake, 3)[token(queued)]
+    assert journal.when("end", "slow") <= queued_mark.received_at
+    assert queued_mark.responded_at <= journal.when("start", "queued")
+    driver.close(handler)

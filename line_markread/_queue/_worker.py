@@ -151,10 +151,8 @@ class JobRunner:
             )
             report_error(self.settings, error, event)
             raise error
-        decision = decide(route, event, self.settings)
-        if decision is not False:
-            # The mark first, through the handler's engine: "Read" = picked up.
-            await handler._markread_marker.amark([event], wait=decision is True)
+        # The mark first, as the in-process pool's jobs do: "Read" = picked up.
+        await handler._amark_picked_up(event, decide(route, event, self.settings))
         showing = await handler._ashow(event, route.loading) if route.loading else None
         try:
             if route.is_async:

@@ -97,7 +97,8 @@ async def invalid_read_token(c: Conversation) -> None:
 async def slow_question(c: Conversation) -> None:
     # A 3 s answer in the background: the webhook is answered at once, the chat
     # is read, the animation shows (and is refreshed), then the reply comes.  Her
-    # follow-up waits for the first answer: one chat, one handler at a time.
+    # follow-up waits for the first answer: one chat, one handler at a time, and
+    # it stays unread until then ("Read" means the bot has picked it up).
     replies = len([r for r in c.fake.requests() if r.path == REPLY_PATH])
     await c.deliver(c.cast.photo("hana", "what is in this photo?", thinking=3.0))
     # The webhook was answered before the mark: let it land, so the second

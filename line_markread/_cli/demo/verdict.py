@@ -308,7 +308,11 @@ def check_loading_refreshed(ev: Evidence) -> Check:
 
 
 def check_chat_order(ev: Evidence) -> Check:
-    """Background handlers of one chat one at a time, in arrival order."""
+    """Background handlers of one chat one at a time, in arrival order; read when picked up.
+
+    "Read" means the bot has picked the message up: a follow-up queued behind
+    a slow handler of its chat is marked only once that handler is done.
+    """
     overlaps = []
     checked = 0
     for chat in {m.chat for m in _slow(ev)}:
@@ -316,13 +320,17 @@ def check_chat_order(ev: Evidence) -> Check:
         for earlier, later in itertools.pairwise(labels):
             done = _first(ev.of("handler-done", earlier))
             start = _first(ev.of("handler", later))
+            read = _first(ev.of("line-answered", later))
             checked += 1
             if done is None or start is None or start.t_ms < done.t_ms:
                 overlaps.append(f"{later} before {earlier} was done")
+            elif read is None or read.t_ms < done.t_ms:
+                overlaps.append(f"{later} read before {earlier} was done")
     return Check(
-        "one chat's background handlers one at a time, in order",
+        "one chat's background handlers one at a time, in order, each read when its turn came",
         checked > 0 and not overlaps,
-        "; ".join(overlaps) or f"{checked} follow-up(s) waited for the earlier answer",
+        "; ".join(overlaps)
+        or f"{checked} follow-up(s) waited for the earlier answer, unread until then",
     )
 
 
