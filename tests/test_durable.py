@@ -335,7 +335,7 @@ async def test_a_message_is_marked_when_its_job_starts_not_when_the_webhook_came
     assert not [r for r in fake.requests() if r.path == REPLY_PATH]
 
 
-async def test_workers_prune_old_redelivery_records_and_warn_about_a_chat_that_waits(
+async def test_workers_prune_old_redelivery_and_once_records_and_warn_about_a_waiting_chat(
     fake: FakeLinePlatform, schema: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     import psycopg  # noqa: PLC0415  # the extra, like the module under test
@@ -354,8 +354,17 @@ async def test_workers_prune_old_redelivery_records_and_warn_about_a_chat_that_w
             "('ancient', now() - interval '49 hours'), ('recent', now() - interval '47 hours')"
         )
 
+        await conn.execute(  # the once store's keys: the same retention
+            "INSERT INTO line_markread_once VALUES "
+            "('handled/ancient', now() - interval '49 hours'), "
+            "('handled/recent', now() - interval '47 hours')"
+        )
+
         async def kept() -> set[str]:
-            cursor = await conn.execute("SELECT webhook_event_id FROM line_markread_accepted")
+            cursor = await conn.execute(
+                "SELECT webhook_event_id FROM line_markread_accepted "
+                "UNION ALL SELECT key FROM line_markread_once"
+            )
             return {row[0] for row in await cursor.fetchall()}
 
         user = "U" + "f" * 32
@@ -367,7 +376,8 @@ async def test_workers_prune_old_redelivery_records_and_warn_about_a_chat_that_w
             gate.set()
         remaining = await kept()
     assert "ancient" not in remaining  # older than the retention (48 h): pruned
-    assert "recent" in remaining
+    assert "handled/ancient" not in remaining
+    assert {"recent", "handled/recent"} <= remaining
     assert f"user:{user}" in caplog.text
 
 
@@ -569,3 +579,49 @@ async def test_a_durable_handler_finishing_after_the_tokens_life_pushes_once_or_
             assert sum(event["webhookEventId"] in line for line in warned) == 1
     assert handler.stats().answers_pushed == (2 if push_fallback else 0)
     assert handler.stats().answers_failed == (0 if push_fallback else 2)
+
+
+@pytest.mark.parametrize("cause", ["database unreachable", "table missing"])
+async def test_a_once_store_that_cannot_answer_lets_handlers_run_and_warns_once(
+    fake: FakeLinePlatform,
+    database_url: str,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+    cause: str,
+) -> None:
+    if cause == "database unreachable":
+        url = f"postgresql://postgres:s3cret@/nowhere?host={tmp_path}&port=5432"
+    else:  # a database whose schema predates the once store (queue init not run again)
+        url = database_url
+    store = PostgresQueue(url).once_store()
+    caplog.set_level(logging.WARNING)
+    for _ in range(2):
+        assert store.seen("handled/x") is False  # a handler runs: at least once
+        store.remember("handled/x")  # nothing recorded, nothing raised
+        assert await store.aseen("handled/x") is False
+        await store.aremember("handled/x")
+    warnings_ = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings_) == 1  # one per burst
+    assert "queue init" in warnings_[0]
+    assert "s3cret" not in caplog.text
+    assert "s3cret" not in repr(store)
+    await store.queue.aclose()
+
+
+def test_the_workers_database_url_takes_the_queues_once_store_along(
+    fake: FakeLinePlatform,
+) -> None:
+    # `line-markread worker --database-url` swaps the queue: "handled once" must follow it.
+    first, second = PostgresQueue("postgresql://a/one"), PostgresQueue("postgresql://b/two")
+    handler = WebhookHandler(SECRET, configuration=fake.configuration(), queue=first)
+    assert handler._markread_answers.store is first.once_store()
+    handler._markread_use_queue(second)
+    assert handler._markread_answers.store is second.once_store()
+    chosen = MemoryOnceStore()
+    mine = WebhookHandler(
+        SECRET, configuration=fake.configuration(), queue=first, once_store=chosen
+    )
+    mine._markread_use_queue(second)
+    assert mine._markread_answers.store is chosen  # the bot's own choice stays
+    handler.close()
+    mine.close()
