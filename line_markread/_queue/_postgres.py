@@ -124,7 +124,9 @@ class PostgresQueue:
     ``retry``: per handler function, a ``RetryPolicy`` (or an ``int``, the
     number of runs) for jobs whose handler raised; default: never retried.
     ``retention``: how long (seconds) an accepted ``webhookEventId`` keeps a
-    redelivery from creating a second job (at least a day).
+    redelivery from creating a second job, and the once store (``once_store()``,
+    the handler's default with this queue) keeps what was handled and answered
+    (at least a day: LINE's retry keys live 24 h).
     ``stalled_after``: seconds without a heartbeat after which a worker counts
     as dead and its running jobs run again elsewhere.  ``wait_warning``:
     seconds a chat's oldest job may wait before the workers log a WARNING.
