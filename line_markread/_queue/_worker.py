@@ -396,6 +396,9 @@ async def run_worker(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
     runner = JobRunner(handler, queue, concurrency)
+    # Up to `concurrency` jobs use the once store at once (a statement or two per job and
+    # per answer): keep as many idle connections, not connect anew for each of them.
+    queue.pool_size = max(queue.pool_size, concurrency)
     backoff = BACKOFF_INITIAL
     try:
         while not stop.is_set():
