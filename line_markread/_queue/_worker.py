@@ -23,9 +23,9 @@ the order they were accepted, across every worker; a job waiting for a retry
 keeps its place.  Beside the jobs, every worker runs ``_maintain`` every few
 seconds: jobs of workers whose heartbeat stopped (``kill -9``, a lost node)
 are retried through procrastinate's public ``get_stalled_jobs``/``retry_job``,
-accepted ``webhookEventId``s and once-store keys older than the retention
-are pruned, and a chat
-whose oldest job has waited longer than ``wait_warning`` gets one WARNING.
+accepted ``webhookEventId``s and once-store keys older than the retention are
+pruned, and a chat whose oldest job has waited longer than ``wait_warning``
+gets one WARNING.
 
 Signals: SIGTERM/SIGINT stop fetching, running jobs get ``grace`` seconds,
 jobs still running then are handed back (they run again on another worker),
