@@ -13,7 +13,7 @@ window, and longer than LINE redelivers).
 ``remember`` is an idempotent ``INSERT ... ON CONFLICT DO NOTHING``, ``seen``
 an existence check, each on a connection of the queue's own small pools (the
 sync one from handler threads, the running loop's from async code): one
-short statement, committed at once.
+statement in autocommit, one round trip.
 
 The database unreachable (or the table missing: a schema from before this
 store, until ``line-markread queue init`` runs again) never stops a handler:
@@ -119,21 +119,17 @@ class PostgresOnceStore:
 
 
 def _seen_sync(conn: Any, key: str) -> bool:
-    with conn.transaction():
-        return conn.execute(_SEEN, (key,)).fetchone() is not None
+    return conn.execute(_SEEN, (key,)).fetchone() is not None  # autocommit: one round trip
 
 
 def _remember_sync(conn: Any, key: str) -> None:
-    with conn.transaction():
-        conn.execute(_REMEMBER, (key,))
+    conn.execute(_REMEMBER, (key,))
 
 
 async def _seen_async(conn: Any, key: str) -> bool:
-    async with conn.transaction():
-        cursor = await conn.execute(_SEEN, (key,))
-        return await cursor.fetchone() is not None
+    cursor = await conn.execute(_SEEN, (key,))
+    return await cursor.fetchone() is not None
 
 
 async def _remember_async(conn: Any, key: str) -> None:
-    async with conn.transaction():
-        await conn.execute(_REMEMBER, (key,))
+    await conn.execute(_REMEMBER, (key,))

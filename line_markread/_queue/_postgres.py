@@ -427,7 +427,11 @@ class Connections:
     def _connect(self) -> Any:
         import psycopg  # noqa: PLC0415  # the extra
 
-        return psycopg.connect(self._queue.url, connect_timeout=max(1, round(self._queue.timeout)))
+        # autocommit: a body's defer is an explicit transaction (`conn.transaction()`), and
+        # the once store's single statements then take one round trip, not BEGIN/COMMIT too.
+        return psycopg.connect(
+            self._queue.url, connect_timeout=max(1, round(self._queue.timeout)), autocommit=True
+        )
 
     def run(self, work: Callable[[Any, A], T], jobs: A) -> T:
         import psycopg  # noqa: PLC0415
@@ -488,7 +492,9 @@ class AsyncConnections:
         for _ in range(2):
             if conn is None:
                 conn = await psycopg.AsyncConnection.connect(
-                    self._queue.url, connect_timeout=max(1, round(self._queue.timeout))
+                    self._queue.url,
+                    connect_timeout=max(1, round(self._queue.timeout)),
+                    autocommit=True,  # as in Connections._connect
                 )
             try:
                 result = await work(conn, jobs)
