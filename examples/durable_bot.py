@@ -8,10 +8,13 @@
 
 The web process verifies each webhook, stores one job per message in
 PostgreSQL and answers LINE at once; a worker marks the message read when it
-picks the job up, shows the loading animation and echoes.  One chat's
-messages are handled one at a time, in order, whichever processes got them;
-a worker that dies has its job run again by another.  Text messages go to an
-``async def`` handler, stickers to a plain ``def`` one: both work.
+picks the job up, shows the loading animation and echoes with
+``handler.areply()``/``handler.reply()``: the reply token while it works,
+else a push.  One chat's messages are handled one at a time, in order,
+whichever processes got them; a worker that dies has its job run again by
+another, which does not send an answer the first one delivered.  Text
+messages go to an ``async def`` handler, stickers to a plain ``def`` one:
+both work.
 
 ``DURABLE_BOT_DELAY`` (seconds, default 0) makes each handler that slow, to
 watch the order hold under load.
@@ -23,7 +26,6 @@ import asyncio
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 # The worker imports this file as ``examples.durable_bot``; the helpers sit beside it.
@@ -31,14 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import line_settings, parse_args, serve_aiohttp
 from aiohttp import web
-from linebot.v3.messaging import (
-    ApiClient,
-    AsyncApiClient,
-    AsyncMessagingApi,
-    MessagingApi,
-    ReplyMessageRequest,
-    TextMessage,
-)
+from linebot.v3.messaging import TextMessage
 from linebot.v3.webhooks import (
     MessageEvent,
     StickerMessageContent,
@@ -54,70 +49,32 @@ if not database_url:
     sys.exit("Specify DATABASE_URL (a PostgreSQL URL) as environment variable.")
 DELAY = float(os.getenv("DURABLE_BOT_DELAY", "0"))
 
+# With queue=, "handled once" lives in the same database (queue.once_store()): a job
+# re-run after a crash, or an event redelivered to another web process, is not
+# answered twice.
 handler = WebhookHandler(
     channel_secret, configuration=configuration, queue=PostgresQueue(database_url)
 )
 
-# One SDK client per process (async: per event loop), made on first use: the same
-# module runs in the web process and in every worker.
-_async_apis: dict[asyncio.AbstractEventLoop, AsyncMessagingApi] = {}
-_sync_api: MessagingApi | None = None
-_sync_lock = threading.Lock()
 
-
-async def async_api() -> AsyncMessagingApi:
-    loop = asyncio.get_running_loop()
-    if loop not in _async_apis:
-        api = _async_apis[loop] = AsyncMessagingApi(AsyncApiClient(configuration))
-        # Closed when the loop shuts down (asyncio.run finalizes live async generators),
-        # in the web process and in a worker alike.
-        keeper = _close_at_loop_end(api)
-        await keeper.__anext__()
-        _keepers.append(keeper)
-    return _async_apis[loop]
-
-
-_keepers: list[AsyncIterator[None]] = []
-
-
-async def _close_at_loop_end(api: AsyncMessagingApi) -> AsyncIterator[None]:
-    try:
-        yield
-    finally:
-        await api.api_client.close()
-
-
-def sync_api() -> MessagingApi:
-    global _sync_api  # noqa: PLW0603  # one client per process, made on first use
-    with _sync_lock:
-        if _sync_api is None:
-            _sync_api = MessagingApi(ApiClient(configuration))
-        return _sync_api
-
-
-@handler.add(MessageEvent, message=TextMessageContent, loading=True, background=True)
+# push_fallback=True: a job that starts late (a busy queue) or thinks long answers by push
+# once the reply token is past its minute (push counts against the monthly quota).
+@handler.add(
+    MessageEvent, message=TextMessageContent, loading=True, background=True, push_fallback=True
+)
 async def echo_text(event: Any) -> None:
     # A worker runs this; the message was marked read when the worker picked it up.
     if DELAY:
         await asyncio.sleep(DELAY)
-    await (await async_api()).reply_message(
-        ReplyMessageRequest(
-            reply_token=event.reply_token, messages=[TextMessage(text=event.message.text)]
-        )
-    )
+    await handler.areply(event, TextMessage(text=event.message.text))
 
 
-@handler.add(MessageEvent, message=StickerMessageContent, background=True)
+@handler.add(MessageEvent, message=StickerMessageContent, background=True, push_fallback=True)
 def echo_sticker(event: Any) -> None:
     # A plain function: the worker runs it in a thread, in the chat's turn all the same.
     if DELAY:
         threading.Event().wait(DELAY)
-    sync_api().reply_message(
-        ReplyMessageRequest(
-            reply_token=event.reply_token,
-            messages=[TextMessage(text=f"sticker {event.message.sticker_id}")],
-        )
-    )
+    handler.reply(event, TextMessage(text=f"sticker {event.message.sticker_id}"))
 
 
 def create_app() -> web.Application:

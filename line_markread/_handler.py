@@ -16,8 +16,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import linebot.v3
 
@@ -70,6 +70,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 _handlers: weakref.WeakSet[WebhookHandler] = weakref.WeakSet()
 
 
+class InThreads(Protocol):
+    """Where a sync handler runs off the loop: a ``TaskPool``, or a durable worker's threads."""
+
+    def in_thread(self, func: Callable[..., object], *args: Any) -> Awaitable[object]: ...
+
+
 def _after_fork_in_child() -> None:
     """A forked child (gunicorn's workers) starts with no background pool of its own.
 
@@ -117,8 +123,9 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     processes run them (see the README's "Durable background handlers").
 
     ``once_store=``: where "this event was handled" and "this answer was
-    delivered" are remembered (default: a ``MemoryOnceStore`` of this
-    process).  ``reply_window=``: seconds after the webhook during which
+    delivered" are remembered (default: the queue's ``once_store()`` with a
+    ``PostgresQueue``, shared by every web process and worker; else a
+    ``MemoryOnceStore`` of this process).  ``reply_window=``: seconds after the webhook during which
     ``reply()`` uses the reply token (default 50, under LINE's minute).
     """
 
@@ -169,6 +176,9 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         if once_store is not None and not isinstance(once_store, OnceStore):
             raise TypeError(f"once_store must implement OnceStore, got {once_store!r}")
         bound = marker.settings.max_tracked_chats  # as many events as the engine remembers
+        if once_store is None:
+            # With a queue that offers one, the record every web process and worker shares.
+            once_store = _shared_once_store(queue)
         self._markread_answers = Replier(
             marker.settings,
             MemoryOnceStore(size=KEYS_PER_EVENT * bound) if once_store is None else once_store,
@@ -327,6 +337,20 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
     def queue(self) -> Backend | None:
         """The durable queue ``background=True`` handlers go to, or ``None`` (in-process pool)."""
         return self._markread_queue
+
+    def _markread_use_queue(self, queue: Backend) -> None:
+        """Swap the queue (``line-markread worker --database-url``), and its once store with it.
+
+        A store the bot chose (``once_store=``) stays; the old queue's own store
+        would point at the old database, so the new queue's replaces it.
+        """
+        _check_queue(queue)
+        old, self._markread_queue = self._markread_queue, queue
+        answers = self._markread_answers
+        if old is not None and answers.store is _shared_once_store(old):
+            shared = _shared_once_store(queue)
+            if shared is not None:
+                answers.store = shared
 
     def handle(self, body: str | bytes, signature: str) -> None:
         """Verify, mark every message read, and run the handlers: for sync frameworks.
@@ -632,7 +656,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         ticket: Ticket,
         index: int,
         step: Step,
-        threads: TaskPool | None,
+        threads: InThreads | None,
         *,
         loading: BodyLoading | None = None,
     ) -> None:
@@ -641,22 +665,42 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
         assert route is not None  # only steps with a handler get here
         if step.decision is True:
             await self._markread_marker._await_event(ticket, index)
+        await self._arun_handler(
+            route, step.raw, step.event, destination, threads, loading=loading, index=index
+        )
+
+    async def _arun_handler(
+        self,
+        route: Route,
+        raw: Mapping[str, Any],
+        event: Any,
+        destination: str | None,
+        threads: InThreads | None,
+        *,
+        loading: BodyLoading | None = None,
+        index: int = 0,
+    ) -> bool:
+        """After the mark: handled once, loading, the call in its ``Run``, remembered.
+
+        The part of a step a durable job shares (``_queue._worker``); whether
+        the handler ran (``False``: it completed for this event before).
+        """
         answers = self._markread_answers
-        run = await answers.astart(step.raw, route.once, route.push_fallback)
-        if run is None:  # completed before: a redelivery or a duplicate
+        run = await answers.astart(raw, route.once, route.push_fallback)
+        if run is None:  # completed before: a redelivery, a duplicate, a re-run job
             if loading is not None:
                 loading.skip(index)
-            return
+            return False
         if loading is not None:
             showing = await loading.await_(index)
         else:
-            showing = await self._ashow(step.event, route.loading) if route.loading else None
+            showing = await self._ashow(event, route.loading) if route.loading else None
         current = CURRENT_RUN.set(run)
         try:
             if threads is None:
-                result = route.call(step.event, destination)
+                result = route.call(event, destination)
             else:
-                result = await threads.in_thread(run.call, route.call, step.event, destination)
+                result = await threads.in_thread(run.call, route.call, event, destination)
             if inspect.isawaitable(result):
                 await result
         finally:
@@ -664,6 +708,7 @@ class WebhookHandler(linebot.v3.WebhookHandler):  # type: ignore[misc]  # the SD
             if showing is not None:
                 showing.stop()
         await answers.afinish(run, route.once)
+        return True
 
     def _loading_steps(self, plan: Plan) -> list[tuple[int, Step, int]]:
         """The body's ``loading=`` steps that run in ``handle()`` itself (not ``background=``).
@@ -948,6 +993,17 @@ def _check_queue(queue: object) -> None:
         raise TypeError(
             f"queue must be a durable queue such as line_markread.PostgresQueue, got {queue!r}"
         )
+
+
+def _shared_once_store(queue: Backend | None) -> OnceStore | None:
+    """The queue's own ``OnceStore`` (a ``Backend`` may offer ``once_store()``), or ``None``."""
+    make = getattr(queue, "once_store", None)
+    if make is None:
+        return None
+    store = make()
+    if not isinstance(store, OnceStore):
+        raise TypeError(f"{queue!r}.once_store() must return an OnceStore, got {store!r}")
+    return store
 
 
 def _split(plan: Plan) -> tuple[Plan, list[Any]]:

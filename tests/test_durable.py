@@ -22,21 +22,27 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from linebot.v3.messaging import TextMessage
 from linebot.v3.webhooks import MessageEvent, StickerMessageContent, TextMessageContent
 
 from line_markread import (
+    Delivery,
+    MemoryOnceStore,
     PostgresQueue,
     QueueUnavailable,
+    ReplyResult,
     RetryPolicy,
     WebhookHandler,
     install,
 )
 from line_markread._queue import Job
+from line_markread._queue._once_store import PostgresOnceStore
 from line_markread._queue._postgres import init_schema
 from line_markread._queue._worker import JobFailed, run_worker
 from line_markread.testing import (
     REPLY_PATH,
     FakeLinePlatform,
+    assert_answered_once,
     sticker_event,
     text_event,
 )
@@ -329,7 +335,7 @@ async def test_a_message_is_marked_when_its_job_starts_not_when_the_webhook_came
     assert not [r for r in fake.requests() if r.path == REPLY_PATH]
 
 
-async def test_workers_prune_old_redelivery_records_and_warn_about_a_chat_that_waits(
+async def test_workers_prune_old_redelivery_and_once_records_and_warn_about_a_waiting_chat(
     fake: FakeLinePlatform, schema: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     import psycopg  # noqa: PLC0415  # the extra, like the module under test
@@ -348,8 +354,17 @@ async def test_workers_prune_old_redelivery_records_and_warn_about_a_chat_that_w
             "('ancient', now() - interval '49 hours'), ('recent', now() - interval '47 hours')"
         )
 
+        await conn.execute(  # the once store's keys: the same retention
+            "INSERT INTO line_markread_once VALUES "
+            "('handled/ancient', now() - interval '49 hours'), "
+            "('handled/recent', now() - interval '47 hours')"
+        )
+
         async def kept() -> set[str]:
-            cursor = await conn.execute("SELECT webhook_event_id FROM line_markread_accepted")
+            cursor = await conn.execute(
+                "SELECT webhook_event_id FROM line_markread_accepted "
+                "UNION ALL SELECT key FROM line_markread_once"
+            )
             return {row[0] for row in await cursor.fetchall()}
 
         user = "U" + "f" * 32
@@ -361,7 +376,8 @@ async def test_workers_prune_old_redelivery_records_and_warn_about_a_chat_that_w
             gate.set()
         remaining = await kept()
     assert "ancient" not in remaining  # older than the retention (48 h): pruned
-    assert "recent" in remaining
+    assert "handled/ancient" not in remaining
+    assert {"recent", "handled/recent"} <= remaining
     assert f"user:{user}" in caplog.text
 
 
@@ -431,3 +447,181 @@ def test_without_the_extra_the_queue_says_which_to_install() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert "line-markread[postgres]" in result.stdout
+
+
+# -- exactly one answer per message, on the durable path (issue 18) ------------------------
+
+
+def answer_handlers(
+    handler: WebhookHandler,
+    ran: list[str],
+    results: list[ReplyResult],
+    *,
+    think: float = 0.0,
+    **options: Any,
+) -> None:
+    """A durable ``async def`` text handler and a ``def`` sticker handler, each answering once."""
+
+    @handler.add(MessageEvent, message=TextMessageContent, background=True, **options)
+    async def on_text(event: Any) -> None:
+        await asyncio.sleep(think)  # a slow model call
+        results.append(await handler.areply(event, TextMessage(text="text answer")))
+        ran.append("text")
+
+    @handler.add(MessageEvent, message=StickerMessageContent, background=True, **options)
+    def on_sticker(event: Any) -> None:
+        time.sleep(think)
+        results.append(handler.reply(event, TextMessage(text="sticker answer")))
+        ran.append("sticker")
+
+
+async def test_a_job_run_again_on_another_worker_after_it_completed_runs_nothing(
+    fake: FakeLinePlatform, schema: str
+) -> None:
+    handler, queue = durable_handler(fake, schema)
+    ran: list[str] = []
+    results: list[ReplyResult] = []
+    answer_handlers(handler, ran, results)
+    text, sticker = text_event("hi", user_id="U" + "1" * 32), sticker_event(user_id="U" + "2" * 32)
+    await handler.handle_async(*body_of(text, sticker))
+    async with worker(handler, queue):
+        await until(lambda: sorted(ran) == ["sticker", "text"], "both jobs")
+    assert [r.delivery for r in results] == [Delivery.REPLIED] * 2
+    # The same jobs once more (a job whose end the database never recorded runs again),
+    # on another worker: a process of its own, which never saw these events.
+    other, other_queue = durable_handler(fake, schema)
+    assert isinstance(other._markread_answers.store, PostgresOnceStore)
+    answer_handlers(other, ran, results)
+    again = [
+        Job(raw, None, name, route, f"user:{raw['source']['userId']}", None)
+        for raw, name, route in (
+            (text, "answer_handlers.<locals>.on_text", "MessageEvent_TextMessageContent"),
+            (sticker, "answer_handlers.<locals>.on_sticker", "MessageEvent_StickerMessageContent"),
+        )
+    ]
+    assert await other_queue.adefer(again) == 2
+    async with worker(other, other_queue):
+        await until(lambda: other.stats().already_handled == 2, "both re-runs skipped")
+    assert sorted(ran) == ["sticker", "text"]  # no handler ran twice
+    assert_answered_once(fake, text, sticker)
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+async def test_a_redelivery_to_another_web_replica_runs_its_inline_handler_nothing(
+    fake: FakeLinePlatform, schema: str, path: str
+) -> None:
+    ran: list[str] = []
+
+    def replica(**options: Any) -> WebhookHandler:
+        handler = WebhookHandler(
+            SECRET, configuration=fake.configuration(), queue=PostgresQueue(schema), **options
+        )
+
+        @handler.add(MessageEvent, message=TextMessageContent)  # inline: the web process
+        def on_text(event: Any) -> None:
+            ran.append(event.message.text)
+
+        return handler
+
+    async def deliver(handler: WebhookHandler, event: dict[str, Any]) -> None:
+        if path == "sync":
+            await asyncio.to_thread(handler.handle, *body_of(event))
+        else:
+            await handler.handle_async(*body_of(event))
+
+    first, second = replica(), replica()
+    event = text_event("hello")
+    await deliver(first, event)
+    await deliver(second, dict(event, deliveryContext={"isRedelivery": True}))
+    assert ran == ["hello"]
+    assert second.stats().already_handled == 1
+    # An explicit once_store wins over the queue's: this replica remembers only itself.
+    third = replica(once_store=MemoryOnceStore())
+    await deliver(third, event)
+    assert ran == ["hello", "hello"]
+    for handler in (first, second, third):
+        await handler.aclose()
+
+
+@pytest.mark.parametrize("push_fallback", [True, False])
+async def test_a_durable_handler_finishing_after_the_tokens_life_pushes_once_or_says_why(
+    fake: FakeLinePlatform, schema: str, caplog: pytest.LogCaptureFixture, push_fallback: bool
+) -> None:
+    # The web process and the worker are two handlers (two processes' worth): the token's
+    # clock starts when the web one received the webhook (the job's accepted_at).
+    web, _ = durable_handler(fake, schema)
+    handler, queue = durable_handler(fake, schema, reply_window=0.5)
+    ran: list[str] = []
+    results: list[ReplyResult] = []
+    answer_handlers(web, [], [], push_fallback=push_fallback)
+    answer_handlers(handler, ran, results, think=0.8, push_fallback=push_fallback)
+    text, sticker = (
+        text_event("slow", user_id="U" + "3" * 32),
+        sticker_event(user_id="U" + "4" * 32),
+    )
+    await web.handle_async(*body_of(text, sticker))
+    await web.aclose()
+    caplog.set_level(logging.WARNING)
+    async with worker(handler, queue):
+        await until(lambda: len(ran) == 2, "both jobs")
+    assert not fake.reply_requests()  # the token was past reply_window: never tried
+    if push_fallback:
+        assert [r.delivery for r in results] == [Delivery.PUSHED] * 2
+        assert all("past reply_window" in (r.reason or "") for r in results)
+        assert_answered_once(fake, text, sticker)
+        assert len(fake.push_requests()) == 2
+    else:
+        assert [r.delivery for r in results] == [Delivery.FAILED] * 2
+        assert all("push_fallback is off" in (r.reason or "") for r in results)
+        assert not fake.push_requests()
+        warned = [r.getMessage() for r in caplog.records if "was not delivered" in r.getMessage()]
+        for event in (text, sticker):  # one WARNING each, naming the event
+            assert sum(event["webhookEventId"] in line for line in warned) == 1
+    assert handler.stats().answers_pushed == (2 if push_fallback else 0)
+    assert handler.stats().answers_failed == (0 if push_fallback else 2)
+
+
+@pytest.mark.parametrize("cause", ["database unreachable", "table missing"])
+async def test_a_once_store_that_cannot_answer_lets_handlers_run_and_warns_once(
+    fake: FakeLinePlatform,
+    database_url: str,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+    cause: str,
+) -> None:
+    if cause == "database unreachable":
+        url = f"postgresql://postgres:s3cret@/nowhere?host={tmp_path}&port=5432"
+    else:  # a database whose schema predates the once store (queue init not run again)
+        url = database_url
+    store = PostgresQueue(url).once_store()
+    caplog.set_level(logging.WARNING)
+    for _ in range(2):
+        assert store.seen("handled/x") is False  # a handler runs: at least once
+        store.remember("handled/x")  # nothing recorded, nothing raised
+        assert await store.aseen("handled/x") is False
+        await store.aremember("handled/x")
+    warnings_ = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings_) == 1  # one per burst
+    assert "queue init" in warnings_[0]
+    assert "s3cret" not in caplog.text
+    assert "s3cret" not in repr(store)
+    await store.queue.aclose()
+
+
+def test_the_workers_database_url_takes_the_queues_once_store_along(
+    fake: FakeLinePlatform,
+) -> None:
+    # `line-markread worker --database-url` swaps the queue: "handled once" must follow it.
+    first, second = PostgresQueue("postgresql://a/one"), PostgresQueue("postgresql://b/two")
+    handler = WebhookHandler(SECRET, configuration=fake.configuration(), queue=first)
+    assert handler._markread_answers.store is first.once_store()
+    handler._markread_use_queue(second)
+    assert handler._markread_answers.store is second.once_store()
+    chosen = MemoryOnceStore()
+    mine = WebhookHandler(
+        SECRET, configuration=fake.configuration(), queue=first, once_store=chosen
+    )
+    mine._markread_use_queue(second)
+    assert mine._markread_answers.store is chosen  # the bot's own choice stays
+    handler.close()
+    mine.close()

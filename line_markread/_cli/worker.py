@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.stalled_after is None
                 else args.stalled_after,
             )
-            handler._markread_queue = queue
+            handler._markread_use_queue(queue)
     except Exception as e:  # a start-up failure: say why, no traceback
         print(f"{PROG}: cannot start: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -16,6 +16,11 @@ What a backend must promise (and ``PostgresQueue`` does, through procrastinate):
 * jobs with the same ``chat`` run one at a time, in the order they were
   accepted, whatever process runs them.
 
+A backend may also offer ``once_store()``: an ``OnceStore`` every process of
+the queue shares ("handled once", answers delivered).  ``WebhookHandler``
+uses it unless given ``once_store=``; ``PostgresQueue``'s keeps it in the
+same database.
+
 An SQS FIFO backend would map ``chat`` to ``MessageGroupId`` and
 ``webhook_event_id`` to ``MessageDeduplicationId``; nothing here depends on
 PostgreSQL.  This module imports neither procrastinate nor psycopg.

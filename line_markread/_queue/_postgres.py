@@ -38,6 +38,8 @@ from . import Job, QueueStats, QueueUnavailable
 if TYPE_CHECKING:
     import procrastinate
 
+    from ._once_store import PostgresOnceStore
+
 log = logging.getLogger(__name__)
 
 TASK_NAME = "line_markread.handle"
@@ -47,6 +49,7 @@ QUEUE_NAME = "line_markread"
 
 ACCEPTED_TABLE = "line_markread_accepted"
 COUNTERS_TABLE = "line_markread_counters"
+ONCE_TABLE = "line_markread_once"
 
 OWN_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {ACCEPTED_TABLE} (
@@ -58,12 +61,19 @@ CREATE TABLE IF NOT EXISTS {COUNTERS_TABLE} (
     name text PRIMARY KEY,
     value bigint NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS {ONCE_TABLE} (
+    key text PRIMARY KEY,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS {ONCE_TABLE}_at ON {ONCE_TABLE} (created_at);
 """
 """line_markread's own tables, created by ``queue init`` next to procrastinate's.
 
-``line_markread_accepted`` is the redelivery record (pruned by the workers
-after ``retention``).  A later "handled once" record belongs here too, as
-another ``CREATE TABLE IF NOT EXISTS``: ``queue init`` stays idempotent.
+``line_markread_accepted`` is the redelivery record, ``line_markread_once``
+the "handled once" record (``PostgresOnceStore``: events whose handler
+completed, answers delivered, reply tokens used); the workers prune both after
+``retention``.  Each is a ``CREATE ... IF NOT EXISTS``: ``queue init`` stays
+idempotent, and running it again adds a table a newer version needs.
 """
 
 SCHEMA_LOCK = 0x4C4D5251  # "LMRQ": one `queue init` at a time per database
@@ -114,7 +124,9 @@ class PostgresQueue:
     ``retry``: per handler function, a ``RetryPolicy`` (or an ``int``, the
     number of runs) for jobs whose handler raised; default: never retried.
     ``retention``: how long (seconds) an accepted ``webhookEventId`` keeps a
-    redelivery from creating a second job (at least a day).
+    redelivery from creating a second job, and the once store (``once_store()``,
+    the handler's default with this queue) keeps what was handled and answered
+    (at least a day: LINE's retry keys live 24 h).
     ``stalled_after``: seconds without a heartbeat after which a worker counts
     as dead and its running jobs run again elsewhere.  ``wait_warning``:
     seconds a chat's oldest job may wait before the workers log a WARNING.
@@ -175,6 +187,7 @@ class PostgresQueue:
         self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnections] = {}
         self._closed = False
         self._down = False
+        self._once: PostgresOnceStore | None = None
         self._deferred = 0
         self._duplicates = 0
         self._refused = 0
@@ -201,6 +214,21 @@ class PostgresQueue:
 
     def retry_policy(self, handler: str) -> RetryPolicy | None:
         return self._retry.get(handler)
+
+    def once_store(self) -> PostgresOnceStore:
+        """The "handled once" record in this queue's database, shared by every process.
+
+        ``WebhookHandler(queue=this)`` uses it unless given ``once_store=``:
+        an event whose handler completed is not run again, and an answer
+        ``reply()`` delivered is not sent again, whichever web process or
+        worker meets the event next.  One store per queue.
+        """
+        from ._once_store import PostgresOnceStore  # noqa: PLC0415  # imports this module
+
+        with self._lock:
+            if self._once is None:
+                self._once = PostgresOnceStore(self)
+            return self._once
 
     # -- accepting a body ----------------------------------------------------
 
@@ -377,6 +405,7 @@ class PostgresQueue:
 
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 
 class Connections:
@@ -398,9 +427,13 @@ class Connections:
     def _connect(self) -> Any:
         import psycopg  # noqa: PLC0415  # the extra
 
-        return psycopg.connect(self._queue.url, connect_timeout=max(1, round(self._queue.timeout)))
+        # autocommit: a body's defer is an explicit transaction (`conn.transaction()`), and
+        # the once store's single statements then take one round trip, not BEGIN/COMMIT too.
+        return psycopg.connect(
+            self._queue.url, connect_timeout=max(1, round(self._queue.timeout)), autocommit=True
+        )
 
-    def run(self, work: Callable[[Any, Sequence[Job]], T], jobs: Sequence[Job]) -> T:
+    def run(self, work: Callable[[Any, A], T], jobs: A) -> T:
         import psycopg  # noqa: PLC0415
 
         with self._lock:
@@ -451,9 +484,7 @@ class AsyncConnections:
         self._queue = queue
         self._idle: list[Any] = []
 
-    async def arun(
-        self, work: Callable[[Any, Sequence[Job]], Awaitable[T]], jobs: Sequence[Job]
-    ) -> T:
+    async def arun(self, work: Callable[[Any, A], Awaitable[T]], jobs: A) -> T:
         import psycopg  # noqa: PLC0415
 
         conn = self._idle.pop() if self._idle else None
@@ -461,7 +492,9 @@ class AsyncConnections:
         for _ in range(2):
             if conn is None:
                 conn = await psycopg.AsyncConnection.connect(
-                    self._queue.url, connect_timeout=max(1, round(self._queue.timeout))
+                    self._queue.url,
+                    connect_timeout=max(1, round(self._queue.timeout)),
+                    autocommit=True,  # as in Connections._connect
                 )
             try:
                 result = await work(conn, jobs)

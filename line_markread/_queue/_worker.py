@@ -8,8 +8,13 @@ A procrastinate worker with one task, ``line_markread.handle``.  Each job:
    (``on_error``, an ERROR line) and the chat's next job runs;
 2. mark the message read through the handler's own ``Marker`` (retries,
    budget, auth latch as everywhere): "Read" means a worker picked it up;
-3. the loading animation (``loading=``), then the handler (async ones on the
-   worker's loop, sync ones in its threads);
+3. the steps' own path (``WebhookHandler._arun_handler``): a job whose event
+   was handled before (a re-run after a crash; ``once=True``) runs nothing;
+   else the loading animation (``loading=``), then the handler (async ones on
+   the worker's loop, sync ones in its threads) in its ``Run``, so
+   ``reply()`` numbers its answers and knows the reply token's age (from the
+   job's ``accepted_at``), and the once store remembers the event when it
+   returns;
 4. an exception goes to ``on_error`` and the log (chat, never a token), then
    the job is retried if the handler has a ``RetryPolicy``, else fails.
 
@@ -18,8 +23,9 @@ the order they were accepted, across every worker; a job waiting for a retry
 keeps its place.  Beside the jobs, every worker runs ``_maintain`` every few
 seconds: jobs of workers whose heartbeat stopped (``kill -9``, a lost node)
 are retried through procrastinate's public ``get_stalled_jobs``/``retry_job``,
-accepted ``webhookEventId``s older than the retention are pruned, and a chat
-whose oldest job has waited longer than ``wait_warning`` gets one WARNING.
+accepted ``webhookEventId``s and once-store keys older than the retention are
+pruned, and a chat whose oldest job has waited longer than ``wait_warning``
+gets one WARNING.
 
 Signals: SIGTERM/SIGINT stop fetching, running jobs get ``grace`` seconds,
 jobs still running then are handed back (they run again on another worker),
@@ -33,19 +39,26 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import inspect
+import contextvars
 import logging
 import re
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._background import report_error
 from .._body import build_event
 from .._dispatch import decide, find_route
 from . import Job, handler_name
-from ._postgres import ACCEPTED_TABLE, COUNTERS_TABLE, QUEUE_NAME, TASK_NAME, PostgresQueue
+from ._postgres import (
+    ACCEPTED_TABLE,
+    COUNTERS_TABLE,
+    ONCE_TABLE,
+    QUEUE_NAME,
+    TASK_NAME,
+    PostgresQueue,
+)
 
 if TYPE_CHECKING:
     import procrastinate
@@ -151,19 +164,17 @@ class JobRunner:
             )
             report_error(self.settings, error, event)
             raise error
+        # The reply token's minute started when the web process received the webhook
+        # (wall clocks: the job crossed processes), not when this job started.
+        handler._markread_answers.arrived([job.event], ago=max(0.0, time.time() - job.accepted_at))
         # The mark first, as the in-process pool's jobs do: "Read" = picked up.
         await handler._amark_picked_up(event, decide(route, event, self.settings))
-        showing = await handler._ashow(event, route.loading) if route.loading else None
         try:
-            if route.is_async:
-                result = route.call(event, job.destination)
-            else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(
-                    self.executor, route.call, event, job.destination
-                )
-            if inspect.isawaitable(result):
-                await result
+            # The steps' own path: skipped if the event was handled before (a re-run
+            # job), loading, the call in its Run (reply() numbers its answers), remembered.
+            await handler._arun_handler(
+                route, job.event, event, job.destination, None if route.is_async else self
+            )
         except Exception as e:
             report_error(self.settings, e, event)
             policy = self.queue.retry_policy(job.handler)
@@ -176,9 +187,11 @@ class JobRunner:
                 + (" (will retry)" if retry else ""),
                 retryable=retry,
             ) from None
-        finally:
-            if showing is not None:
-                showing.stop()
+
+    def in_thread(self, func: Callable[..., object], *args: Any) -> Awaitable[object]:
+        """Run sync *func* in this runner's threads, in the caller's context (tracing spans)."""
+        context = contextvars.copy_context()
+        return asyncio.get_running_loop().run_in_executor(self.executor, context.run, func, *args)
 
     def _job(self, data: Mapping[str, Any]) -> Job:
         try:
@@ -268,6 +281,12 @@ class Maintenance:
         if now - self._pruned_at >= PRUNE_EVERY:
             await self.app.connector.execute_query_async(
                 f"DELETE FROM {ACCEPTED_TABLE} WHERE accepted_at < now() - "
+                "make_interval(secs => %(retention)s)",
+                retention=self.queue.retention,
+            )
+            # The once store's keys too (push retry keys live 24 h at LINE; retention >= that).
+            await self.app.connector.execute_query_async(
+                f"DELETE FROM {ONCE_TABLE} WHERE created_at < now() - "
                 "make_interval(secs => %(retention)s)",
                 retention=self.queue.retention,
             )
@@ -375,6 +394,9 @@ async def run_worker(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
     runner = JobRunner(handler, queue, concurrency)
+    # Up to `concurrency` jobs use the once store at once (a statement or two per job and
+    # per answer): keep as many idle connections, not connect anew for each of them.
+    queue.pool_size = max(queue.pool_size, concurrency)
     backoff = BACKOFF_INITIAL
     try:
         while not stop.is_set():
