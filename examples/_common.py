@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+import warnings
 from types import FrameType
 from typing import Any
 
@@ -104,6 +105,9 @@ def serve_wsgi(app: Any, host: str, port: int) -> None:
     if waitress is not None:
         # A burst of webhooks queues for a moment: expected, not worth a warning each time.
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+        # waitress's shutdown can drop a just-closed client socket without closing it (seen
+        # under load): its ResourceWarning is the server's, not the bot's or the plugin's.
+        warnings.filterwarnings("ignore", category=ResourceWarning, module=r"waitress\.")
         connections: dict[int, Any] = {}
         server = waitress.create_server(app, map=connections, host=host, port=port, threads=16)
         announce(host, server.effective_port, "waitress, 16 threads")
