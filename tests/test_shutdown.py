@@ -62,6 +62,9 @@ SYNC_BOT = textwrap.dedent(
 
     if how == "sigterm":
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # as gunicorn's workers
+    # Ctrl-C as under a terminal: a child of a shell's background job starts with SIGINT
+    # ignored, and Python then leaves it ignored (seen: a make test run under nohup hung here).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     events = [text_event(f"m{i}", user_id="U1") for i in range(4)]
     handler.handle(*signed_body(*events, channel_secret="secret"))
     say("handled")
